@@ -103,7 +103,9 @@ def instantiate(cls: type[T], params: dict | None, key: str | None, /, *args, **
                 raise SpecError(key, f"unknown parameter {unknown[0]!r} for {label!r}; valid: {valid}")
     try:
         return cls(*args, **context, **params)
-    except SpecError:
+    except SpecError as exc:
+        if exc.key is None and key is not None:
+            raise SpecError(key, str(exc)) from None
         raise
     except (ValueError, TypeError) as exc:
         raise SpecError(key, str(exc)) from None

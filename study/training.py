@@ -194,7 +194,8 @@ class Trial:
         self.rng = np.random.default_rng(self.seed)
         self.epoch = 0
 
-    # -- checkpointing: plain tensors and builtins only, loadable with torch.load(weights_only=True)
+    # -- checkpointing: plain tensors and builtins only, loadable with torch.load(weights_only=True).
+    # The dict references live tensors: serialise it at once (the reporter does), do not keep it.
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,

@@ -1,0 +1,229 @@
+"""``litmus``: the command line of mtl-litmus.
+
+    litmus run SPEC [--storage DIR] [--name NAME] [--address ADDR] [--resume]
+    litmus analyze PATH [--out DIR]
+    litmus train SPEC [--method LABEL] [--seed N]     one trial, no Ray (debugging)
+    litmus methods | problems | architectures
+    litmus check-data PROBLEM PATH
+
+User errors print one line, ``litmus: error: ...``, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_STORAGE = "litmus_results"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from study.spec import load_spec
+
+    spec = load_spec(args.spec, name=args.name)
+    from study.driver import check_study_folder, run_study
+
+    check_study_folder(spec, args.storage, resume=args.resume)
+    n = len(spec.trial_configs())
+    print(f"study {spec.name!r}: {n} trials ({len(spec.methods)} methods x {len(spec.seeds)} seeds"
+          f"{'' if len(spec.problems) == 1 else f' x {len(spec.problems)} problems'}"
+          f"{'' if len(spec.architectures) == 1 else f' x {len(spec.architectures)} architectures'})"
+          f" -> {args.storage}/{spec.name}", flush=True)
+    meta = run_study(spec, args.storage, address=args.address, resume=args.resume,
+                     retry_errored=args.retry_errored, verbose=args.verbose, num_cpus=args.num_cpus,
+                     dashboard=args.dashboard)
+    print(f"study {spec.name!r} {meta.get('status')}: results in {args.storage}/{spec.name}/results "
+          f"({meta.get('errored_trials', 0)} errored); next: litmus analyze {args.storage}/{spec.name}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from study.spec import load_spec
+    from study.training import train_trial
+
+    spec = load_spec(args.spec)
+    configs = spec.trial_configs()
+    if args.method:
+        configs = [c for c in configs if c["method"]["label"].lower() == args.method.lower()]
+        if not configs:
+            from study.errors import LitmusError
+
+            raise LitmusError(f"no method labelled {args.method!r} in {args.spec}; valid: "
+                              f"{', '.join(m['label'] for m in spec.methods)}")
+    config = next((c for c in configs if c["seed"] == args.seed), configs[0])
+    config = {**config, "seed": args.seed}
+    if args.epochs:
+        config["train"] = {**config["train"], "epochs": args.epochs}
+    print(f"training {config['problem']} / {config['architecture']} / {config['method']['label']} "
+          f"seed={config['seed']} for {config['train']['epochs']} epochs (no Ray)")
+
+    def reporter(metrics: dict, state: dict) -> None:
+        shown = {k: round(v, 4) for k, v in metrics.items()
+                 if isinstance(v, float) and (k.startswith(("val/", "test/")) and not k.endswith("/loss"))}
+        print(f"epoch {metrics['epoch']}: {json.dumps(shown)} ({metrics['time_epoch_s']:.1f}s)", flush=True)
+
+    train_trial(config, reporter)
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    import inspect
+
+    from study.weighting import AGGREGATORS, WEIGHTINGS
+    from study.weighting.distributions import DISTRIBUTIONS
+
+    def params_of(cls, skip=("self", "num_tasks")) -> str:
+        sig = inspect.signature(cls.__init__)
+        ps = [f"{n}={p.default!r}" for n, p in sig.parameters.items()
+              if n not in skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.default is not p.empty]
+        return ", ".join(ps)
+
+    def first_line(cls) -> str:
+        return (inspect.getdoc(cls) or "").splitlines()[0] if inspect.getdoc(cls) else ""
+
+    print("Loss weightings (methods: [NAME] or {name: NAME, param: value}):")
+    for name in WEIGHTINGS.names():
+        cls = WEIGHTINGS.get(name)
+        print(f"  {name:<16} {first_line(cls)}")
+        if params_of(cls):
+            print(f"  {'':<16}   params: {params_of(cls)}")
+    print("\nGradient methods:")
+    for name in AGGREGATORS.names():
+        cls = AGGREGATORS.get(name)
+        print(f"  {name:<16} {first_line(cls)}")
+        if params_of(cls):
+            print(f"  {'':<16}   params: {params_of(cls)}")
+    print("\nDistributions for rlw/rgw (distribution: NAME):")
+    for name in DISTRIBUTIONS.names():
+        cls = DISTRIBUTIONS.get(name)
+        print(f"  {name:<22} {first_line(cls)}  [{params_of(cls)}]")
+    print()
+    return _cmd_architectures(args)
+
+
+def _cmd_architectures(args: argparse.Namespace) -> int:
+    from study import architectures
+
+    print("Architectures (architecture: NAME or {name: NAME, hyperparameter: value}):")
+    describe = getattr(architectures, "describe_architectures", None)
+    if describe is not None:
+        for name, doc, hp in describe():
+            print(f"  {name:<14} {doc}")
+            if hp:
+                print(f"  {'':<14}   hyperparameters: {', '.join(f'{k}={v!r}' for k, v in hp.items())}")
+    else:
+        for name in architectures.ARCHITECTURES.names():
+            cls = architectures.ARCHITECTURES.get(name)
+            print(f"  {name:<14} {(cls.__doc__ or '').strip().splitlines()[0]}")
+    return 0
+
+
+def _cmd_problems(args: argparse.Namespace) -> int:
+    from study.problems import PROBLEMS
+
+    print("Problems (problem: NAME or {name: NAME, root: DATA_DIR, ...}):")
+    for name in PROBLEMS.names():
+        cls = PROBLEMS.get(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        kind = "multi-input" if cls.multi_input else "single-input"
+        tasks = ", ".join(cls.tasks) if len(cls.tasks) <= 6 else f"{len(cls.tasks)} tasks"
+        print(f"  {name:<12} {doc}")
+        if tasks:
+            print(f"  {'':<12}   {kind}; tasks: {tasks}")
+    return 0
+
+
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    try:
+        from study import data_check
+    except ImportError:
+        from study.errors import LitmusError
+
+        raise LitmusError("check-data is not available in this build") from None
+    problems = data_check.check_data(args.problem, args.path)
+    if problems:
+        for line in problems:
+            print(f"litmus: error: {line}", file=sys.stderr)
+        return 2
+    print(data_check.summarize(args.problem, args.path))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="litmus",
+        description="Run the random-weighting litmus test for multi-task learning: studies on Ray Tune, "
+                    "results in Parquet, a statistics report.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run a study spec on Ray Tune (local or a cluster)",
+                       description="Run a study: every (problem, architecture, method, seed) trial of SPEC.")
+    p.add_argument("spec", metavar="SPEC", help="YAML study spec, e.g. search_spaces/demo.yaml")
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help=f"folder or URI (s3://, gs://) holding studies (default: {DEFAULT_STORAGE})")
+    p.add_argument("--name", help="study name (default: the spec's name)")
+    p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001); "
+                                     "default: start a local Ray on this machine")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    p.add_argument("--retry-errored", action="store_true", help="with --resume: restart errored trials")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (on 127.0.0.1 only)")
+    p.add_argument("-v", "--verbose", type=int, default=0, choices=[0, 1, 2],
+                   help="Ray Tune's own progress output (default 0: one line per finished trial)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("analyze", help="analyze results: Delta_m, tests, ranks, report",
+                       description="Analyze a study folder (or a storage folder holding studies).")
+    try:
+        from analysis import cli as analysis_cli
+
+        analysis_cli.configure_parser(p)
+        p.set_defaults(func=analysis_cli.run)
+    except ImportError:  # pragma: no cover - analysis package always ships
+        p.add_argument("path")
+        p.set_defaults(func=lambda a: 2)
+
+    p = sub.add_parser("train", help="train one trial without Ray (debugging)",
+                       description="Train one trial of SPEC in this process, printing metrics per epoch.")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--method", help="method label (default: the first)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("methods", help="list weighting methods, distributions and architectures")
+    p.set_defaults(func=_cmd_methods)
+    p = sub.add_parser("architectures", help="list architectures and their hyperparameters")
+    p.set_defaults(func=_cmd_architectures)
+    p = sub.add_parser("problems", help="list problems and their tasks")
+    p.set_defaults(func=_cmd_problems)
+
+    p = sub.add_parser("check-data", help="validate a data folder for a problem",
+                       description="Check that PATH holds PROBLEM's data in the expected on-disk format.")
+    p.add_argument("problem", metavar="PROBLEM")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=_cmd_check_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("litmus: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # user errors carry exit_code; anything else is a bug: show the traceback
+        code = getattr(exc, "exit_code", None)
+        if code is None:
+            raise
+        print(f"litmus: error: {exc}", file=sys.stderr)
+        return int(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

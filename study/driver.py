@@ -1,0 +1,262 @@
+"""The Ray Tune driver: a validated spec becomes a ``Tuner``; trial results stream into Parquet.
+
+Data flow: ``litmus run spec.yaml`` -> :func:`study.spec.load_spec` -> :func:`run_study` ->
+``Tuner(trainable, param_space={"trial": grid_search(configs)})`` -> :func:`trainable` calls
+:func:`study.training.train_trial` with a reporter that calls ``tune.report(metrics, checkpoint=...)``
+-> :class:`ResultSink` (a Tune callback on the driver) writes Parquet -> ``litmus analyze``.
+
+Everything cluster-specific (resources, storage, failures, concurrency) lives here, in
+``RunConfig``/``TuneConfig``; the training code knows nothing of Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from study.errors import DivergedError, LitmusError
+from study.results import StudyWriter, read_study, resolve_fs, write_study
+from study.spec import StudySpec
+
+STATE_FILE = "state.pt"
+
+
+# -- the trainable ------------------------------------------------------------------------------
+def trainable(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one trial, checkpointed every epoch, resumable."""
+    import torch
+
+    from study.training import train_trial
+
+    trial_cfg = config["trial"]
+    resources = tune.get_context().get_trial_resources()
+    cpus = resources.required_resources.get("CPU", 1) if resources else 1
+    torch.set_num_threads(max(int(cpus), 1))
+
+    state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            try:
+                state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint is reported, not retried blindly
+                raise RuntimeError(f"checkpoint {d} is unreadable ({type(exc).__name__}: {exc}); "
+                                   f"restart the trial with --retry-errored") from exc
+
+    def reporter(metrics: dict, state_dict: dict) -> None:
+        with tempfile.TemporaryDirectory(prefix="litmus-ckpt-") as d:
+            torch.save(state_dict, Path(d) / STATE_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    try:
+        train_trial(trial_cfg, reporter, resume_state=state)
+    except DivergedError as exc:
+        tune.report({"litmus_event": "diverged", "reason": str(exc), "epoch": exc.epoch})
+
+
+# -- callbacks ----------------------------------------------------------------------------------
+class ResultSink(tune.Callback):
+    """Writes every reported epoch to Parquet and keeps one status row per trial."""
+
+    def __init__(self, study_uri: str):
+        self.study_uri = study_uri
+        self.writer: StudyWriter | None = None
+        self.started: dict[str, float] = {}
+        self.diverged: dict[str, str] = {}
+
+    def _w(self) -> StudyWriter:
+        if self.writer is None:
+            self.writer = StudyWriter(self.study_uri)
+        return self.writer
+
+    @staticmethod
+    def _gpus(trial) -> float:
+        try:
+            return float(trial.placement_group_factory.required_resources.get("GPU", 0))
+        except Exception:  # noqa: BLE001
+            return 0.0
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.setdefault(trial.trial_id, time.time())
+        cfg = trial.config["trial"]
+        self._w().set_status(trial.trial_id, cfg, "running", epochs_done=self._w().epochs_done(trial.trial_id),
+                             gpus=self._gpus(trial))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        cfg = trial.config["trial"]
+        if result.get("litmus_event") == "diverged":
+            self.diverged[trial.trial_id] = str(result.get("reason", "diverged"))
+            return
+        self._w().add_result(trial.trial_id, cfg, result)
+
+    def _finish(self, trial, status: str, reason: str = "") -> None:
+        cfg = trial.config["trial"]
+        done = self._w().epochs_done(trial.trial_id)
+        if trial.trial_id in self.diverged:
+            status, reason = "diverged", self.diverged[trial.trial_id]
+        elif status == "completed" and done < int(cfg["train"]["epochs"]):
+            status, reason = "early_stopped", f"stopped by the scheduler after epoch {done}"
+        elapsed = time.time() - self.started.get(trial.trial_id, time.time())
+        device = "cuda" if self._gpus(trial) > 0 else "cpu"
+        self._w().set_status(trial.trial_id, cfg, status, reason=reason, epochs_done=done, device=device,
+                             gpus=self._gpus(trial), time_total_s=elapsed)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, "completed")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        reason = ""
+        try:
+            err = trial.get_error()
+            if err:
+                lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+                reason = lines[-1] if lines else ""
+        except Exception:  # noqa: BLE001
+            pass
+        self._finish(trial, "errored", reason or "the trial raised an error (see its error.txt)")
+
+
+class ProgressLine(tune.Callback):
+    """One readable line per finished trial instead of Ray's tables."""
+
+    def __init__(self, total: int, stream=None):
+        self.total = total
+        self.finished = 0
+        self.stream = stream or sys.stdout
+        self.last: dict[str, dict] = {}
+        self.t0 = time.time()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.last[trial.trial_id] = result
+
+    def _line(self, trial, status: str) -> None:
+        self.finished += 1
+        cfg = trial.config["trial"]
+        res = self.last.get(trial.trial_id, {})
+        if res.get("litmus_event") == "diverged":
+            status = f"diverged ({res.get('reason', '')})"
+        tests = [v for k, v in res.items() if isinstance(k, str) and k.startswith("test/") and not k.endswith("/loss")]
+        test = f" test {sum(tests) / len(tests):.4f}" if tests else ""
+        val = res.get("val_score")
+        vals = f" val {val:.4f}" if isinstance(val, float) and math.isfinite(val) else ""
+        print(f"[{self.finished}/{self.total}] {cfg['problem']} {cfg['architecture']} {cfg['method']['label']} "
+              f"seed={cfg['seed']}: {status}, epochs {res.get('epoch', 0)}{vals}{test} "
+              f"({time.time() - self.t0:.0f}s elapsed)", file=self.stream, flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._line(trial, "done")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, "ERROR")
+
+
+# -- running a study ----------------------------------------------------------------------------
+def study_uri(storage: str, name: str) -> str:
+    return storage.rstrip("/") + "/" + name
+
+
+def check_study_folder(spec: StudySpec, storage: str, *, resume: bool) -> dict | None:
+    """Refuse to overwrite a study; on --resume, check the spec is the same one. Return existing meta."""
+    uri = study_uri(storage, spec.name)
+    meta = read_study(uri)
+    if meta is None:
+        if resume:
+            raise LitmusError(f"nothing to resume: no study {spec.name!r} in {storage}; run without --resume")
+        return None
+    if meta.get("spec_hash") != spec.spec_hash:
+        raise LitmusError(f"study {spec.name!r} in {storage} was run from a different spec (hash "
+                          f"{meta.get('spec_hash')} != {spec.spec_hash}); use --name NEW for a new study")
+    if not resume:
+        state = meta.get("status", "unknown")
+        raise LitmusError(f"study {spec.name!r} already exists in {storage} ({state}); pass --resume to "
+                          f"continue it or --name NEW to start another; results are never overwritten")
+    return meta
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool = False) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
+                              "configure_logging": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
+                 dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **kwargs)
+
+
+def run_study(spec: StudySpec, storage: str, *, address: str | None = None, resume: bool = False,
+              retry_errored: bool = False, verbose: int = 0, num_cpus: int | None = None,
+              dashboard: bool = False) -> dict:
+    """Run (or resume) a study; return its metadata. Raises LitmusError before Ray starts on bad input."""
+    meta = check_study_folder(spec, storage, resume=resume)
+    uri = study_uri(storage, spec.name)
+    configs = spec.trial_configs()
+    if meta is not None and meta.get("status") == "finished" and not retry_errored:
+        print(f"study {spec.name!r} is already finished in {storage}; nothing to do")
+        return meta
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
+    init_ray(address, num_cpus=num_cpus, dashboard=dashboard)
+
+    if meta is None:
+        meta = {"name": spec.name, "spec_hash": spec.spec_hash, "status": "running", "trials": len(configs),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": spec.source or ""}
+        write_study(uri, meta)
+        fs, root = resolve_fs(uri)
+        import yaml
+
+        from study.results import join, write_bytes_atomic
+
+        write_bytes_atomic(fs, join(root, "spec.yaml"), yaml.safe_dump(spec.raw, sort_keys=False).encode())
+
+    resources = spec.trial_resources(spec.problems[0]["name"])
+    trainer = tune.with_resources(trainable, {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0),
+                                              **({"memory": int(resources["memory_gb"] * 2**30)}
+                                                 if resources.get("memory_gb") else {})})
+    run = spec.run
+    callbacks = [ResultSink(uri), ProgressLine(len(configs))]
+    fs, root = resolve_fs(uri)
+    storage_path = uri if "://" in uri else root
+    run_config = tune.RunConfig(
+        name="tune",
+        storage_path=storage_path,
+        callbacks=callbacks,
+        verbose=verbose,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=int(run.get("max_failures", 1)),
+                                          fail_fast=bool(run.get("fail_fast", False))),
+    )
+    experiment = storage_path.rstrip("/") + "/tune"
+    if resume and tune.Tuner.can_restore(experiment):
+        tuner = tune.Tuner.restore(experiment, trainable=trainer, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=retry_errored)
+        # callbacks are not pickled with the experiment state: give them back
+        tuner._local_tuner._run_config.callbacks = callbacks  # noqa: SLF001
+    else:
+        tuner = tune.Tuner(
+            trainer,
+            param_space={"trial": tune.grid_search(configs)},
+            tune_config=tune.TuneConfig(reuse_actors=True,
+                                        max_concurrent_trials=run.get("max_concurrent")),
+            run_config=run_config,
+        )
+    t0 = time.time()
+    grid = tuner.fit()
+    errors = sum(1 for r in grid if r.error is not None)
+    meta.update({"status": "finished", "errored_trials": errors, "wall_time_s": round(time.time() - t0, 1)})
+    write_study(uri, meta)
+    return meta
