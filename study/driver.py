@@ -127,10 +127,9 @@ class ResultSink(tune.Callback):
 class ProgressLine(tune.Callback):
     """One readable line per finished trial instead of Ray's tables."""
 
-    def __init__(self, total: int, stream=None):
+    def __init__(self, total: int):
         self.total = total
         self.finished = 0
-        self.stream = stream or sys.stdout
         self.last: dict[str, dict] = {}
         self.t0 = time.time()
 
@@ -149,7 +148,7 @@ class ProgressLine(tune.Callback):
         vals = f" val {val:.4f}" if isinstance(val, float) and math.isfinite(val) else ""
         print(f"[{self.finished}/{self.total}] {cfg['problem']} {cfg['architecture']} {cfg['method']['label']} "
               f"seed={cfg['seed']}: {status}, epochs {res.get('epoch', 0)}{vals}{test} "
-              f"({time.time() - self.t0:.0f}s elapsed)", file=self.stream, flush=True)
+              f"({time.time() - self.t0:.0f}s elapsed)", file=sys.stdout, flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._line(trial, "done")

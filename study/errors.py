@@ -23,7 +23,8 @@ class SpecError(LitmusError):
 
     def __init__(self, key: str | None, message: str):
         self.key = key
-        super().__init__(f"{key}: {message}" if key else message)
+        self.message = " ".join(str(message).split())
+        super().__init__(f"{key}: {self.message}" if key else self.message)
 
 
 class DataError(LitmusError):

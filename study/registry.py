@@ -103,9 +103,9 @@ def instantiate(cls: type[T], params: dict | None, key: str | None, /, *args, **
                 raise SpecError(key, f"unknown parameter {unknown[0]!r} for {label!r}; valid: {valid}")
     try:
         return cls(*args, **context, **params)
-    except SpecError as exc:
-        if exc.key is None and key is not None:
-            raise SpecError(key, str(exc)) from None
-        raise
+    except SpecError as exc:  # keys inside a component are relative to it: prefix the outer key
+        if key is None:
+            raise
+        raise SpecError(f"{key}.{exc.key}" if exc.key else key, exc.message) from None
     except (ValueError, TypeError) as exc:
         raise SpecError(key, str(exc)) from None

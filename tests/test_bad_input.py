@@ -1,0 +1,136 @@
+"""Bad input: one exact line on stderr, exit status 2, nothing started, nothing written."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from study import driver
+from study.cli import main
+
+GOOD = """\
+name: s
+problem: {name: multidigits, n_train: 64, n_val: 32, n_test: 32}
+methods: [ew, rlw]
+seeds: [0]
+train: {epochs: 1}
+"""
+
+# (spec text or a replacement for GOOD's lines, expected stderr line)
+CASES = [
+    ("unknown problem", GOOD.replace("name: multidigits", "name: multidigit"),
+     "problem.name: unknown problem 'multidigit' (did you mean 'multidigits'?); valid: "),
+    ("unknown architecture", GOOD + "architecture: hsp\n",
+     "architecture.name: unknown architecture 'hsp' (did you mean 'hps'?); valid: "),
+    ("unknown method", GOOD.replace("[ew, rlw]", "[ew, rlx]"),
+     "methods[1]: unknown method 'rlx' (did you mean 'rlw'?); valid: "),
+    ("unknown distribution", GOOD.replace("[ew, rlw]", "[ew, {name: rlw, distribution: gauss}]"),
+     "methods[1].distribution: unknown distribution 'gauss'"),
+    ("dirichlet alpha <= 0", GOOD.replace("[ew, rlw]", "[ew, {name: rlw, distribution: dirichlet, alpha: 0}]"),
+     "methods[1]: alpha must be > 0, got 0"),
+    ("normal sigma <= 0", GOOD.replace("[ew, rlw]", "[ew, {name: rlw, distribution: normal, sigma: -1}]"),
+     "methods[1]: sigma must be > 0, got -1"),
+    ("unknown method parameter", GOOD.replace("[ew, rlw]", "[ew, {name: uw, init: 1}]"),
+     "methods[1]: unknown parameter 'init' for 'uw'; valid: init_log_var"),
+    ("empty method grid", GOOD.replace("[ew, rlw]", "[]"),
+     "methods: the grid is empty; list at least one method, e.g. [ew, rlw]"),
+    ("missing methods", GOOD.replace("methods: [ew, rlw]\n", ""),
+     "methods: missing; list the weighting methods to compare, e.g. [ew, rlw]"),
+    ("duplicate method", GOOD.replace("[ew, rlw]", "[ew, EW]"),
+     "methods[1]: duplicate method 'EW' (same as methods[0]); give one a distinct 'label'"),
+    ("seed not an integer", GOOD.replace("seeds: [0]", "seeds: [0, 1.5]"),
+     "seeds[1]: seeds are non-negative integers, got 1.5"),
+    ("seed a string", GOOD.replace("seeds: [0]", "seeds: [a]"),
+     "seeds[0]: seeds are non-negative integers, got 'a'"),
+    ("zero epochs", GOOD.replace("epochs: 1", "epochs: 0"), "train.epochs: must be >= 1, got 0"),
+    ("epochs wrong type", GOOD.replace("epochs: 1", "epochs: ten"), "train.epochs: expected an integer, got 'ten'"),
+    ("negative lr", GOOD.replace("epochs: 1", "epochs: 1, lr: -0.1"), "train.lr: must be > 0, got -0.1"),
+    ("unknown train key", GOOD.replace("epochs: 1", "epoch: 1"),
+     "train.epoch: unknown training setting; valid: "),
+    ("unknown optimizer", GOOD.replace("epochs: 1", "epochs: 1, optimizer: adagrad"),
+     "train.optimizer: unknown optimizer 'adagrad'; valid: adam, adamw, sgd"),
+    ("unknown top-level key", GOOD + "seed: [1]\n", "seed: unknown key (did you mean 'seeds'?); valid: "),
+    ("problem parameter out of range", GOOD.replace("n_train: 64", "n_train: 0"),
+     "problem: n_train must be a positive integer, got 0"),
+    ("unknown problem parameter", GOOD.replace("n_train: 64", "root: /data"),
+     "problem: unknown parameter 'root' for 'multidigits'; valid: n_train, n_val, n_test, split_seed, width"),
+    ("negative gpu", GOOD + "resources: {gpu: -1}\n", "resources.gpu: must be >= 0, got -1"),
+    ("yaml syntax error", "name: s\nmethods: [ew, rlw\nseeds: [0]\n", "YAML syntax error"),
+    ("not a mapping", "- ew\n- rlw\n", "a study spec is a YAML mapping (key: value), got list"),
+    ("both problem and problems", GOOD + "problems: [multidigits]\n",
+     "problems: give either 'problem' or 'problems', not both"),
+    ("empty problem grid", GOOD.replace("problem: {name: multidigits, n_train: 64, n_val: 32, n_test: 32}",
+                                        "problems: []"), "problems: the grid is empty; list at least one entry"),
+    ("bad study name", GOOD.replace("name: s", "name: a/b"),
+     "name: a study name is a non-empty word without slashes or spaces, got 'a/b'"),
+    ("bad method entry type", GOOD.replace("[ew, rlw]", "[ew, 3]"),
+     "methods[1]: a method is a name or a mapping, got int 3"),
+]
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("Ray must not start on bad input")
+
+    monkeypatch.setattr(driver, "init_ray", boom)
+
+
+@pytest.mark.parametrize("case, text, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_spec_one_line_exit_2_nothing_started(case, text, expected, tmp_path, capsys, no_ray):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    storage = tmp_path / "store"
+    code = main(["run", str(spec), "--storage", str(storage)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("litmus: error: ")
+    assert expected in err, err
+    assert not storage.exists()
+
+
+def test_yaml_error_names_the_line(tmp_path, capsys, no_ray):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent("""\
+        name: s
+        problem: multidigits
+        methods: [ew, rlw
+        seeds: [0]
+        """))
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert f"{spec}:4: YAML syntax error" in err
+
+
+def test_missing_spec_file(tmp_path, capsys, no_ray):
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_existing_study_is_refused_and_kept(tmp_path, capsys, no_ray):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(GOOD)
+    study = tmp_path / "store" / "s"
+    study.mkdir(parents=True)
+    from study.spec import load_spec
+
+    h = load_spec(spec).spec_hash
+    (study / "study.json").write_text(f'{{"name": "s", "spec_hash": "{h}", "status": "finished"}}')
+    (study / "keep.txt").write_text("results")
+    assert main(["run", str(spec), "--storage", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert "study 's' already exists" in err and "--resume" in err and "--name NEW" in err
+    assert (study / "keep.txt").read_text() == "results"
+    # a different spec under the same name is refused even with --resume
+    spec.write_text(GOOD.replace("seeds: [0]", "seeds: [0, 1]"))
+    assert main(["run", str(spec), "--storage", str(tmp_path / "store"), "--resume"]) == 2
+    assert "was run from a different spec" in capsys.readouterr().err
+
+
+def test_resume_with_nothing_to_resume(tmp_path, capsys, no_ray):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(GOOD)
+    assert main(["run", str(spec), "--storage", str(tmp_path / "store"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
