@@ -35,8 +35,9 @@ from study.architectures import build_model
 from study.errors import DivergedError, SpecError
 from study.problems import PROBLEMS
 from study.registry import instantiate
+from study.weighting.base import NonFiniteError
 from study.weighting.method import build_method
-from study.weighting.step import MethodStep
+from study.weighting.step import MethodStep, validation_batches
 
 Reporter = Callable[[dict[str, Any], dict[str, Any]], None]
 
@@ -187,6 +188,9 @@ class Trial:
         weighting, aggregator = build_method(config["method"], len(self.problem.tasks))
         self.step = MethodStep(self.model, weighting, aggregator)
         self.step.to(self.device)
+        if self.step.needs_validation:  # bilevel methods (MOML) draw a validation batch inside the step
+            self.step.set_validation_batches(validation_batches(
+                self.problem, self.data, int(train["batch_size"]), self.seed, self.device, to_device))
         params = list(self.model.parameters()) + list(self.step.parameters())
         self.optimizer = make_optimizer(train["optimizer"], params, float(train["lr"]), float(train["weight_decay"]))
         self.scheduler = make_scheduler(train.get("scheduler"), self.optimizer)
@@ -241,10 +245,14 @@ class Trial:
             inputs, targets = to_device(inputs, device), to_device(targets, device)
             self.optimizer.zero_grad(set_to_none=True)
             losses = self.step.losses(problem, inputs, targets)
-            self.step.backward(losses, self.rng)
+            try:
+                self.step.backward(losses, self.rng)
+            except NonFiniteError as exc:
+                raise DivergedError(exc.what, epoch, steps + 1) from None
             if clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
             self.optimizer.step()
+            self.step.after_step()
             loss_sum += losses.detach().double()
             steps += 1
             if steps % check_every == 0 and not bool(torch.isfinite(loss_sum).all()):

@@ -1,8 +1,19 @@
-"""Weight distributions for random weighting (RLW / RGW), after Lin et al. (TMLR 2022), Sec. 3.
+"""Weight distributions for random weighting (RLW / RGW), after Lin et al. (TMLR 2022), Sec. 3 and 5.
 
 Every distribution samples a weight vector on the probability simplex (non-negative, summing to 1)
-from a ``numpy.random.Generator``. Parameters are validated in ``__init__`` (a ``ValueError`` becomes a
-one-line spec error naming the key). A user distribution is a subclass referenced as ``module:Class``.
+from a ``numpy.random.Generator`` (the trial's seeded generator, so a trial is reproducible). Parameters
+are validated in ``__init__`` (a ``ValueError`` becomes a one-line spec error naming the key) and are
+the searchable keys of a spec entry, e.g. ``{name: rlw, distribution: uniform, low: 0, high: 2}``.
+
+A user distribution is a small subclass referenced from YAML as ``package.module:Class``::
+
+    class Spiky(Distribution):
+        def __init__(self, num_tasks, p=0.5):
+            super().__init__(num_tasks); self.p = p
+        def sample(self, rng):
+            w = rng.random(self.num_tasks) ** (1 / self.p); return w / w.sum()
+
+State drawn once (``random_normal``'s per-task means) is checkpointed through ``state_dict``.
 """
 
 from __future__ import annotations
@@ -30,6 +41,13 @@ class Distribution:
     def params(self) -> dict:
         return {}
 
+    def state_dict(self) -> dict:
+        """State drawn during training (checkpointed with the trial)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 DISTRIBUTIONS: Registry[Distribution] = Registry("distribution")
 
@@ -56,7 +74,8 @@ def _number(name: str, value) -> float:
 
 @DISTRIBUTIONS.register("normal")
 class NormalSoftmax(Distribution):
-    """``softmax(z)``, ``z_i ~ N(mu, sigma^2)`` i.i.d. The paper's default (mu=0, sigma=1)."""
+    """``softmax(z)``, ``z_i ~ N(mu, sigma^2)`` i.i.d. (Lin et al., Sec. 3, Eq. 5). The paper's default
+    (mu=0, sigma=1)."""
 
     def __init__(self, num_tasks: int, mu: float = 0.0, sigma: float = 1.0):
         super().__init__(num_tasks)
@@ -72,7 +91,8 @@ class NormalSoftmax(Distribution):
 
 @DISTRIBUTIONS.register("dirichlet")
 class Dirichlet(Distribution):
-    """``Dir(alpha)``; ``alpha`` a positive scalar (symmetric) or one positive value per task."""
+    """``Dir(alpha)`` (Lin et al., Sec. 5); ``alpha`` a positive scalar (symmetric) or one positive value
+    per task."""
 
     def __init__(self, num_tasks: int, alpha: float | list[float] = 1.0):
         super().__init__(num_tasks)
@@ -95,3 +115,91 @@ class Dirichlet(Distribution):
 
     def params(self) -> dict:
         return {"alpha": self.alpha.tolist()}
+
+
+@DISTRIBUTIONS.register("uniform")
+class UniformSoftmax(Distribution):
+    """``softmax(z)``, ``z_i ~ U(low, high)`` i.i.d. (Lin et al., Sec. 5; default U(0, 1))."""
+
+    def __init__(self, num_tasks: int, low: float = 0.0, high: float = 1.0):
+        super().__init__(num_tasks)
+        self.low = _number("low", low)
+        self.high = _number("high", high)
+        if not self.high > self.low:
+            raise ValueError(f"high must be > low, got low={low!r}, high={high!r}")
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        return _softmax(rng.uniform(self.low, self.high, size=self.num_tasks))
+
+    def params(self) -> dict:
+        return {"low": self.low, "high": self.high}
+
+
+@DISTRIBUTIONS.register("bernoulli")
+class Bernoulli(Distribution):
+    """``w_i ~ Bernoulli(p)`` i.i.d., normalised to sum 1 (Lin et al., Sec. 5); an all-zero draw is
+    resampled, so each step trains a random non-empty subset of tasks with equal weights."""
+
+    def __init__(self, num_tasks: int, p: float = 0.5):
+        super().__init__(num_tasks)
+        self.p = _positive("p", p)
+        if self.p > 1:
+            raise ValueError(f"p must be in (0, 1], got {p!r}")
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        while True:
+            w = (rng.random(self.num_tasks) < self.p).astype(np.float64)
+            s = w.sum()
+            if s > 0:
+                return w / s
+
+    def params(self) -> dict:
+        return {"p": self.p}
+
+
+@DISTRIBUTIONS.register("constrained_bernoulli", "bernoulli_k")
+class ConstrainedBernoulli(Distribution):
+    """Exactly ``k`` tasks on (chosen uniformly without replacement), each with weight ``1/k``
+    (Lin et al., Sec. 5, constrained Bernoulli; default k=1: one random task per step)."""
+
+    def __init__(self, num_tasks: int, k: int = 1):
+        super().__init__(num_tasks)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_tasks:
+            raise ValueError(f"k must be an integer in [1, {num_tasks}], got {k!r}")
+        self.k = int(k)
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        w = np.zeros(self.num_tasks)
+        w[rng.choice(self.num_tasks, size=self.k, replace=False)] = 1.0 / self.k
+        return w
+
+    def params(self) -> dict:
+        return {"k": self.k}
+
+
+@DISTRIBUTIONS.register("random_normal")
+class RandomNormal(Distribution):
+    """``softmax(z)``, ``z_i ~ N(mu_i, sigma_i^2)`` with per-task ``mu_i, sigma_i ~ U(0, 1)`` drawn once,
+    at the first sample, from the trial's generator (Lin et al., Sec. 5, random normal). The drawn
+    ``mu``/``sigma`` are part of the checkpointed state."""
+
+    def __init__(self, num_tasks: int):
+        super().__init__(num_tasks)
+        self.mu: np.ndarray | None = None
+        self.sigma: np.ndarray | None = None
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        if self.mu is None:
+            self.mu = rng.uniform(0.0, 1.0, size=self.num_tasks)
+            self.sigma = rng.uniform(0.0, 1.0, size=self.num_tasks)
+        return _softmax(rng.normal(self.mu, self.sigma))
+
+    def state_dict(self) -> dict:
+        if self.mu is None:
+            return {}
+        return {"mu": self.mu.tolist(), "sigma": self.sigma.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("mu") is not None:
+            self.mu = np.array(state["mu"], dtype=np.float64)
+            self.sigma = np.array(state["sigma"], dtype=np.float64)

@@ -5,7 +5,13 @@ Spec forms (YAML):
 * ``ew`` / ``rlw`` / ``cagrad`` - a registered name with default hyperparameters;
 * ``{name: rlw, distribution: dirichlet, alpha: 0.5}`` - a name plus its hyperparameters;
 * ``{weighting: {name: rlw}, aggregator: {name: cagrad, c: 0.4}}`` - a combination (RLW + CAGrad);
-* any of these with ``label: "My name"`` to set the name shown in reports.
+* any of these with ``label: "My name"`` to set the name shown in reports;
+* a preset name standing for a combination: ``mgda_ub`` (MGDA at the representation), ``imtl`` (the
+  paper's hybrid IMTL: IMTL-L + IMTL-G at the representation); a preset's extra keys go to its
+  aggregator.
+
+Every hyperparameter a method's constructor accepts is a key of its entry, hence searchable from YAML
+(e.g. ``{name: cagrad, c: 0.4}``, ``{name: rgw, distribution: dirichlet, alpha: 0.5, level: representation}``).
 
 :func:`normalize_method` turns any form into the canonical dict stored in trial configs and results.
 """
@@ -18,6 +24,13 @@ from typing import Any
 from study.errors import SpecError
 from study.registry import instantiate
 from study.weighting import AGGREGATORS, WEIGHTINGS
+
+#: names that stand for a combination; extra keys of the entry go to the aggregator
+PRESETS: dict[str, dict] = {
+    "mgda_ub": {"label": "MGDA-UB", "aggregator": {"name": "mgda", "level": "representation"}},
+    "imtl": {"label": "IMTL", "weighting": {"name": "imtl_l"},
+             "aggregator": {"name": "imtl_g", "level": "representation"}},
+}
 
 
 def _split_name(entry: dict, key: str) -> tuple[str, dict]:
@@ -82,7 +95,15 @@ def normalize_method(entry: Any, key: str = "method") -> dict:
                 aggregator = {"name": name.lower() if ":" not in name else name, **params}
     else:
         name, params = _split_name(entry, key)
-        if ":" in name:  # a user class: its base class decides the kind
+        if isinstance(name, str) and name.lower() in PRESETS:
+            preset = PRESETS[name.lower()]
+            weighting = dict(preset["weighting"]) if preset.get("weighting") else None
+            aggregator = {**preset["aggregator"], **params}
+            AGGREGATORS.get(aggregator["name"], key)
+            if label is None:
+                label = preset["label"] + ("(" + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items()))
+                                           + ")" if params else "")
+        elif ":" in name:  # a user class: its base class decides the kind
             kind = getattr(WEIGHTINGS.get(name, key), "kind", None)
             if kind not in ("loss", "gradient"):
                 raise SpecError(key, f"{name!r} is neither a LossWeighting nor a GradAggregator subclass")
@@ -95,7 +116,7 @@ def normalize_method(entry: Any, key: str = "method") -> dict:
         elif name.lower() in AGGREGATORS:
             aggregator = {"name": name.lower(), **params}
         else:
-            valid = sorted(set(WEIGHTINGS.names()) | set(AGGREGATORS.names()))
+            valid = sorted(set(WEIGHTINGS.names()) | set(AGGREGATORS.names()) | set(PRESETS))
             import difflib
 
             close = difflib.get_close_matches(str(name).lower(), valid, n=1)
@@ -124,4 +145,7 @@ def build_method(method: dict, num_tasks: int, key: str = "method"):
     if method.get("aggregator"):
         name, params = _split_name(method["aggregator"], f"{key}.aggregator")
         aggregator = instantiate(AGGREGATORS.get(name, key), params, key, num_tasks)
+    from study.weighting.step import check_combination
+
+    check_combination(weighting, aggregator)
     return weighting, aggregator
