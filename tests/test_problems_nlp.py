@@ -234,7 +234,10 @@ def test_data_file_discovery_and_missing_files(tmp_path):
         (u / tb.split("/")[0]).mkdir(parents=True, exist_ok=True)
         (u / f"{tb}-ud-test.conllu").write_text("")
     (u / "test-te.tsv").write_text("")
+    (u / "vi").mkdir()
+    (u / "vi" / "dev.bert-base-multilingual-cased").write_text("")
     q = UDPOS(root=str(u), languages=["en", "te"])
+    assert UDPOS(root=str(u)).data_files("val", "vi") == [str(u / "vi" / "dev.bert-base-multilingual-cased")]
     # every English treebank merged; an XTREME file wins over the release tree
     assert q.data_files("test", "en") == [str(u / "UD_English-EWT/en_ewt-ud-test.conllu"),
                                          str(u / "UD_English-GUM/en_gum-ud-test.conllu")]
@@ -497,3 +500,33 @@ def test_udpos_learns_a_fixed_batch(tmp_path, tiny_bert):
     with torch.no_grad():
         final = float(trial.step.losses(problem, xs, ys).sum())
     assert final < 0.5 * first, (first, final)
+
+
+# -- specs --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["pawsx", "udpos"])
+def test_multilingual_table_specs(name):
+    import yaml
+
+    path = os.path.join(os.path.dirname(__file__), "..", "search_spaces", f"{name}.yaml")
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    cls = PROBLEMS.get(name)
+    assert raw["problem"]["name"] == name and raw["architecture"] == "hps"
+    problem = instantiate(cls, {k: v for k, v in raw["problem"].items() if k != "name"}, "problem")
+    assert problem.tasks == cls.tasks and problem.max_length == 128
+    assert problem.model == "bert-base-multilingual-cased" and problem.local_files_only
+    if name == "pawsx":   # the translated training sets are named explicitly
+        assert problem.train_files == {lang: f"train-{lang}.tsv" for lang in ("en", "zh", "de", "es")}
+    assert raw["train"] == {k: cls.defaults[k] for k in raw["train"]}
+    assert raw["train"]["optimizer"] == "adamw" and raw["train"]["lr"] == 2e-5 and raw["train"]["grad_clip"] == 1.0
+    names = [m if isinstance(m, str) else m["name"] for m in raw["methods"]]
+    assert {"ew", "rgw"} <= set(names) and names.count("rlw") == 6 and len(names) == 21 and raw["seeds"] == 3
+    from study.weighting import AGGREGATORS, WEIGHTINGS
+
+    missing = [n for n in set(names) if n not in WEIGHTINGS.names() and n not in AGGREGATORS.names()]
+    if missing:
+        pytest.skip(f"methods not registered yet: {', '.join(sorted(missing))}")
+    from study.spec import load_spec
+
+    spec = load_spec(path, check_data=False)
+    assert len(spec.trial_configs()) == 21 * 3

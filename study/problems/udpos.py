@@ -28,10 +28,12 @@ Metrics, per language, pooled over the split:
 
 Data (``root``), either layout, per split and language, first match wins:
 
-1. XTREME's processed ``{train,dev,test}-{lang}.tsv``: ``token<TAB>TAG`` lines, a blank line between
-   sentences (XTREME has already split over-long sentences);
-2. ``{train,dev,test}-{lang}.conllu``;
-3. the UD v2.5 release tree: every ``**/{lang}_*-ud-{train,dev,test}.conllu`` below ``root``, i.e. all
+1. XTREME's ``udpos/{train,dev,test}-{lang}.tsv``: ``token<TAB>TAG`` lines, a blank line between
+   sentences;
+2. XTREME's ``udpos_processed_maxlen128/{lang}/{train,dev,test}.{model}`` (same format, over-long
+   sentences already split for that model), with ``root`` pointing at ``udpos_processed_maxlen128``;
+3. ``{train,dev,test}-{lang}.conllu``;
+4. the UD v2.5 release tree: every ``**/{lang}_*-ud-{train,dev,test}.conllu`` below ``root``, i.e. all
    treebanks of the language merged, as XTREME does.
 
 CoNLL-U is read as UD's syntactic words: multiword-token ranges (``3-4``) and empty nodes (``5.1``) are
@@ -300,9 +302,10 @@ class UDPOS(XtremeProblem):
     def data_files(self, split: str, lang: str) -> list[str]:
         name = SPLIT_FILES[split]
         tsv = os.path.join(self.root, f"{name}-{lang}.tsv")
+        processed = os.path.join(self.root, lang, f"{name}.{os.path.basename(self.model.rstrip('/'))}")
         conllu = os.path.join(self.root, f"{name}-{lang}.conllu")
         pattern = os.path.join(self.root, "**", f"{lang}_*-ud-{name}.conllu")
-        found = resolve_first([tsv, conllu, lambda: sorted(glob.glob(pattern, recursive=True))])
+        found = resolve_first([tsv, processed, conllu, lambda: sorted(glob.glob(pattern, recursive=True))])
         if not found:
             raise DataError(f"problem udpos: no {name} file for {lang!r} in {self.root}: looked for {name}-{lang}.tsv "
                             f"(XTREME), {name}-{lang}.conllu, and **/{lang}_*-ud-{name}.conllu (UD release)")
