@@ -122,7 +122,10 @@ def resolve_model(problem: str, model: str, local_files_only: bool) -> str:
             from huggingface_hub import try_to_load_from_cache
         except ImportError:  # pragma: no cover
             return model
-        found = try_to_load_from_cache(model, "config.json")
+        try:
+            found = try_to_load_from_cache(model, "config.json")
+        except Exception:  # an id the Hub would reject (HFValidationError): not in any cache either
+            found = None
         if not isinstance(found, str):
             raise DataError(_missing_model_message(problem, model))
     return model
