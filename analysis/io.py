@@ -98,49 +98,59 @@ def _and(*exprs):
     return out
 
 
-def _dataset(studies: Sequence[StudyRef], sub: str, schema: pa.Schema) -> ds.Dataset | None:
-    parts = []
-    for s in studies:
-        folder = f"{s.root}/{sub}"
-        if s.filesystem.get_file_info(folder).type != pafs.FileType.Directory:
-            continue
-        d = ds.dataset(folder, format="parquet", filesystem=s.filesystem, schema=schema,
-                       exclude_invalid_files=False, ignore_prefixes=[".", "_"])
-        if d.files:
-            parts.append(d)
-    if not parts:
+def _dataset(study: StudyRef, sub: str, schema: pa.Schema) -> ds.Dataset | None:
+    folder = f"{study.root}/{sub}"
+    if study.filesystem.get_file_info(folder).type != pafs.FileType.Directory:
         return None
-    return parts[0] if len(parts) == 1 else ds.dataset(parts)
+    d = ds.dataset(folder, format="parquet", filesystem=study.filesystem, schema=schema,
+                   ignore_prefixes=[".", "_"])
+    return d if d.files else None
+
+
+def study_labels(studies: Sequence[StudyRef]) -> list[str]:
+    """A unique label per study: its name, or name@folder when two folders hold studies of one name."""
+    names = [s.name for s in studies]
+    return [n if names.count(n) == 1 else f"{n}@{s.root}" for n, s in zip(names, studies)]
+
+
+def _read(studies: Sequence[StudyRef], sub: str, schema: pa.Schema, columns: Sequence[str], flt) -> pa.Table | None:
+    """Rows of every study, each study's ``study`` column set to its label (folders are the truth:
+    a study copied or renamed keeps its rows, and two studies never share a trial key)."""
+    tables = []
+    for study, label in zip(studies, study_labels(studies)):
+        data = _dataset(study, sub, schema)
+        if data is None:
+            continue
+        try:
+            t = data.to_table(columns=list(columns), filter=flt)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise AnalysisError(f"cannot read {study.root}/{sub}: {e}") from e
+        if "study" in t.column_names:
+            t = t.set_column(t.column_names.index("study"), "study", pa.array([label] * len(t), pa.string()))
+        tables.append(t)
+    if not tables:
+        return None
+    return pa.concat_tables(tables)
 
 
 def read_results(studies: Sequence[StudyRef], *, problems: Iterable[str] | None = None,
                  methods: Iterable[str] | None = None, splits: Iterable[str] | None = None,
                  columns: Sequence[str] = RESULT_COLUMNS) -> pd.DataFrame:
-    """Tidy metric rows of ``studies``, filtered before loading; string columns come back categorical.
-
-    Study names in the rows are matched against each study's name, so one stale part file copied from
-    another study never leaks in.
-    """
-    data = _dataset(studies, RESULTS_DIR, RESULT_SCHEMA)
-    names = [s.name for s in studies]
-    if data is None:
+    """Tidy metric rows of ``studies``, filtered before loading; string columns come back categorical."""
+    flt = _and(_isin("problem", problems), _isin("method", methods), _isin("split", splits))
+    table = _read(studies, RESULTS_DIR, RESULT_SCHEMA, columns, flt)
+    if table is None:
         raise AnalysisError(f"no result files under {', '.join(s.root + '/' + RESULTS_DIR for s in studies)}; "
                             "has any trial finished an epoch?")
-    flt = _and(_isin("study", names), _isin("problem", problems), _isin("method", methods), _isin("split", splits))
-    try:
-        table = data.to_table(columns=list(columns), filter=flt)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise AnalysisError(f"cannot read the results of {', '.join(names)}: {e}") from e
     return _to_frame(table)
 
 
 def read_trials(studies: Sequence[StudyRef]) -> pd.DataFrame:
-    """One status row per trial (TRIAL_SCHEMA), or an empty frame with those columns."""
-    data = _dataset(studies, TRIALS_DIR, TRIAL_SCHEMA)
+    """One status row per trial (TRIAL_SCHEMA without the config), or an empty frame with those columns."""
     cols = [f.name for f in TRIAL_SCHEMA if f.name != "config"]
-    if data is None:
+    table = _read(studies, TRIALS_DIR, TRIAL_SCHEMA, cols, None)
+    if table is None:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in cols})
-    table = data.to_table(columns=cols, filter=_isin("study", [s.name for s in studies]))
     return _to_frame(table)
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 
 from analysis import stats
 from analysis.errors import AnalysisError
-from analysis.io import StudyRef, read_results, read_trials
+from analysis.io import StudyRef, read_results, read_trials, study_labels
 from analysis.scores import CONVENTIONS, EXCLUDED_METRICS, delta_m_frame, task_delta_frame
 from analysis.select import TRIAL_KEYS, best_epochs, epoch_scores, last_epoch_rows, parse_criterion
 
@@ -251,7 +251,8 @@ def _trial_table(rows: pd.DataFrame, status: pd.DataFrame, studies: Sequence[Stu
     else:
         info = info.assign(status=np.nan, reason="", epochs_done=np.nan, epochs_planned=np.nan, gpus=np.nan,
                            time_total_s=np.nan)
-    running = {s.name for s in studies if str(s.info.get("status", "")).lower() == "running"}
+    running = {label for s, label in zip(studies, study_labels(studies))
+               if str(s.info.get("status", "")).lower() == "running"}
     no_row = info["status"].isna()
     if no_row.any():
         # A trial with results but no status row has not ended yet in a running study; in a finished
