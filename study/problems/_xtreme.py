@@ -283,8 +283,8 @@ class FeatureCache:
 
 # -- the encoder --------------------------------------------------------------------------------------
 class TransformerEncoder(nn.Module):
-    """A Hugging Face encoder mapping a batch dict to the pooled output (``[CLS]`` -> dense -> tanh,
-    BERT's pooler) of shape (B, H) or to the last hidden states (B, L, H)."""
+    """A Hugging Face encoder (BERT: Devlin et al., NAACL 2019) mapping a batch dict to the pooled output
+    (``[CLS]`` -> dense -> tanh, BERT's pooler) of shape (B, H) or to the last hidden states (B, L, H)."""
 
     def __init__(self, model: nn.Module, output: str):
         super().__init__()

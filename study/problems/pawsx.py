@@ -70,7 +70,11 @@ def read_pawsx(path: str) -> tuple[list[str], list[str], np.ndarray]:
 
 @PROBLEMS.register("pawsx")
 class PAWSX(XtremeProblem):
-    """PAWS-X paraphrase identification, one task per language (en, zh, de, es), mBERT, accuracy."""
+    """PAWS-X paraphrase identification, one task per language (en, zh, de, es), mBERT, accuracy.
+
+    PAWS-X: Yang et al., EMNLP 2019; the multilingual multi-task setting of the RLW paper (Lin et al.,
+    TMLR 2022, Sec. 5): loss of language ``t`` is the cross-entropy of ``Linear(Dropout(pooled))``.
+    """
 
     tasks = ("en", "zh", "de", "es")
     kind: ClassVar[str] = "pawsx"

@@ -281,7 +281,12 @@ class TaggingMeter:
 # -- the problem -------------------------------------------------------------------------------------
 @PROBLEMS.register("udpos")
 class UDPOS(XtremeProblem):
-    """UD v2.5 POS tagging, one task per language (en, zh, te, vi), mBERT, span F1 and accuracy."""
+    """UD v2.5 POS tagging, one task per language (en, zh, te, vi), mBERT, span F1 and accuracy.
+
+    Universal Dependencies v2.5 (Zeman et al., 2019) as used by XTREME (Hu et al., ICML 2020); the
+    multilingual multi-task setting of the RLW paper (Lin et al., TMLR 2022, Sec. 5): loss of language
+    ``t`` is the token cross-entropy over first word pieces (label -100 elsewhere).
+    """
 
     tasks = ("en", "zh", "te", "vi")
     kind: ClassVar[str] = "udpos"
