@@ -12,7 +12,11 @@ from study.architectures.base import Inputs, MTLArchitecture, Rep
 
 @ARCHITECTURES.register("hps")
 class HPS(MTLArchitecture):
-    """Hard parameter sharing: ``decoder_t(encoder(x))``. Works with any encoder."""
+    """Hard parameter sharing (Caruana, 1993): one shared encoder, ``y_t = decoder_t(encoder(x))``.
+
+    Works with any encoder. The encoder output is the shared representation (one tensor; for multi-input
+    problems one tensor per task, each from the same shared encoder); all encoder parameters are shared.
+    """
 
     def __init__(self, encoder_factory: Callable[[], nn.Module], decoders: dict[str, nn.Module],
                  tasks: tuple[str, ...], multi_input: bool):

@@ -90,6 +90,7 @@ class MultiDigits(Problem):
     """Two overlapping scikit-learn digits per 12x12 image; tasks: left digit, right digit (accuracy)."""
 
     tasks = ("left", "right")
+    input_shape = (1, CANVAS, CANVAS)  # per-sample shape, used by architectures that size gates/units from it
     defaults: ClassVar[dict[str, Any]] = {
         "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 128, "epochs": 5,
     }
