@@ -2,7 +2,7 @@
 
 Experts are copies of the problem's encoder (built by its factory, as in LibMTL). Gates are task-specific
 and read the *input*: a linear layer on the flattened sample (``prod(input_shape)`` features) followed by a
-softmax (or DSelect-k's selector), as in MMoE's Eq. (5) ``g^k(x) = softmax(W_gk x)``. This needs the
+softmax (or DSelect-k's selector), as in MMoE's gate ``g^k(x) = softmax(W_gk x)``. This needs the
 problem's ``input_shape`` and inputs that are float tensors (images, feature vectors), hence the encoder
 kinds below; token ids (transformers) or graphs have no meaningful flattening.
 

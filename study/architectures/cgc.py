@@ -15,7 +15,7 @@ from study.architectures._gated import GatedArchitecture
 class CGC(GatedArchitecture):
     """Customized Gate Control (Tang et al., RecSys 2020): shared and task-specific experts, one gate per task.
 
-    Eqs. (1)-(3) of the PLE paper: ``y^k = t^k(g^k(x))``, ``g^k(x) = w^k(x) S^k(x)`` where ``S^k(x)``
+    The CGC equations of the PLE paper: ``y^k = t^k(g^k(x))``, ``g^k(x) = w^k(x) S^k(x)`` where ``S^k(x)``
     stacks task ``k``'s ``num_task_experts`` experts and the ``num_shared_experts`` shared experts and
     ``w^k(x) = softmax(W_g^k x)`` reads the flattened input. Experts are copies of the encoder. Defaults:
     one shared and one task expert (LibMTL has no default). Task parameters: the task's experts, gate and

@@ -19,7 +19,7 @@ class CrossStitch(ColumnArchitecture):
     Eq. (1) of the paper, for T tasks: between two stages, column ``i`` receives
     ``x~_i = sum_j alpha_ij x_j``, where ``x_j`` is column ``j``'s stage output and ``alpha`` a learned
     T x T matrix per boundary (``channel_wise: true``: one such matrix per channel). Initialisation as in
-    the paper's Sec. 4 ablation, generalised to T tasks as a convex combination:
+    the paper's initialisation ablation, generalised to T tasks as a convex combination:
     ``alpha_ii = alpha_self`` (0.9, the paper's best), ``alpha_ij = (1 - alpha_self) / (T - 1)``.
     ``alpha_self: 1.0`` starts from independent task networks.
 

@@ -14,7 +14,7 @@ from study.architectures._gated import GatedArchitecture
 
 
 def smooth_step(t: Tensor, gamma: float) -> Tensor:
-    """The cubic smooth-step of DSelect-k (Eq. 3): 0 below -gamma/2, 1 above gamma/2,
+    """The cubic smooth-step function of DSelect-k: 0 below -gamma/2, 1 above gamma/2,
     ``-2/gamma^3 t^3 + 3/(2 gamma) t + 1/2`` in between (continuously differentiable)."""
     cubic = (-2.0 / gamma ** 3) * t ** 3 + (3.0 / (2.0 * gamma)) * t + 0.5
     return torch.where(t <= -gamma / 2, torch.zeros_like(t), torch.where(t >= gamma / 2, torch.ones_like(t), cubic))
@@ -32,8 +32,8 @@ class DSelectK(GatedArchitecture):
 
     Each task's gate has ``num_nonzeros`` (k) selectors. Selector ``i`` reads ``z_i = Z_i x`` (``m =
     ceil(log2 n)`` logits for ``n`` experts) and puts weight ``r_i(z)_l = prod_j S(z_ij)^{b_lj}
-    (1 - S(z_ij))^{1 - b_lj}`` on the expert whose binary code is ``b_l`` (Eq. 4, ``S`` the smooth-step of
-    Eq. 3 with ``gamma``); the gate is ``sum_i softmax(W x)_i r_i(z)`` (Eq. 5), with per-example
+    (1 - S(z_ij))^{1 - b_lj}`` on the expert whose binary code is ``b_l`` (the paper's single-expert selector, ``S``
+    its smooth-step with ``gamma``); the gate is ``sum_i softmax(W x)_i r_i(z)`` (its k-selector gate), with per-example
     ("input-dependent") selectors on the flattened input. Defaults ``k = 2``, ``gamma = 1`` (LibMTL's and
     the official code's); ``Z`` starts in ``U(-gamma/100, gamma/100)`` and ``W`` in ``U(-0.05, 0.05)`` as
     in the official code. When ``n`` is not a power of two, code ``c`` selects expert ``c mod n`` (the

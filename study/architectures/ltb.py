@@ -20,7 +20,7 @@ class LTB(ColumnArchitecture):
 
     A tree-structured super-network with one node (a copy of the stage) per task at every stage; node ``i``
     of stage ``b + 1`` reads ``sum_j w_ij x_j`` from the nodes of stage ``b``, where ``w_i`` is a hard
-    (straight-through) Gumbel-softmax sample of learned logits ``alpha_i`` (Sec. 3 of the paper), so
+    (straight-through) Gumbel-softmax sample of learned logits ``alpha_i`` (the paper's branching operation), so
     gradients reach both the weights and the branching distribution. Schedule as in LibMTL's LTB, which
     the RLW paper's code base uses: for the first ``warmup_fraction`` of the epochs the weights are uniform
     (``1/T``; LibMTL sums instead) and the logits untrained; afterwards the temperature is

@@ -15,7 +15,7 @@ from study.architectures._gated import GatedArchitecture
 class MMoE(GatedArchitecture):
     """Multi-gate Mixture-of-Experts (Ma et al., KDD 2018): shared experts, one softmax gate per task.
 
-    Eqs. (5)-(6) of the paper: ``f^k(x) = sum_i g^k(x)_i f_i(x)`` with ``g^k(x) = softmax(W_gk x)``; the
+    The MMoE equations: ``f^k(x) = sum_i g^k(x)_i f_i(x)`` with ``g^k(x) = softmax(W_gk x)``; the
     experts ``f_i`` are ``num_experts`` copies of the encoder and the gate reads the flattened input (see
     :mod:`study.architectures._gated`). The paper tunes the number of experts; LibMTL has no default; 4
     here. Task parameters: the task's gate and decoder.

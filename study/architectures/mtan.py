@@ -38,7 +38,7 @@ def _run_stage(stage: nn.Module, h: Tensor, split: bool) -> tuple[Tensor, Tensor
 
 
 class AttentionModule(nn.Sequential):
-    """``g``: [1x1 conv, BN, ReLU, 1x1 conv, BN, sigmoid] (Sec. 3.2), rank-agnostic."""
+    """``g``: [1x1 conv, BN, ReLU, 1x1 conv, BN, sigmoid] (the paper's attention module), rank-agnostic."""
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int):
         super().__init__(
@@ -86,7 +86,7 @@ class Bridge(nn.Module):
 class MTAN(MTLArchitecture):
     """Multi-Task Attention Network (Liu et al., CVPR 2019): one shared encoder, per-task soft attention per stage.
 
-    Sec. 3.2 of the paper: at stage ``j`` task ``i`` computes a mask
+    The task-specific attention module of the paper: at stage ``j`` task ``i`` computes a mask
     ``a_i^j = g_i^j([u^j ; f^{j-1}(a^_i^{j-1})])`` (``[u^j]`` alone at the first stage) and its attended
     features ``a^_i^j = a_i^j * p^j``, where ``p^j`` is the shared stage output, ``u^j`` the shared feature
     inside the stage (the output of all but the last module of a stage that is an ``nn.Sequential``, e.g. a

@@ -13,7 +13,7 @@ from study.architectures._common import ChannelBatchNorm, Pointwise, check_float
 
 
 class NDDRUnit(nn.Module):
-    """One task's NDDR layer: 1x1 conv of the channel-concatenated task features, BatchNorm, ReLU (Eq. 3)."""
+    """One task's NDDR layer: 1x1 conv of the channel-concatenated task features, BatchNorm, ReLU."""
 
     def __init__(self, n_tasks: int, channels: int, own: int, init_self: float, init_other: float):
         super().__init__()
@@ -32,8 +32,8 @@ class NDDRUnit(nn.Module):
 class NDDR(ColumnArchitecture):
     """NDDR-CNN (Gao et al., CVPR 2019): per-task encoders fused between stages by learned 1x1 convolutions.
 
-    Between two stages, column ``i`` receives ``ReLU(BN_i(W_i [x_1; ...; x_T]))`` (the paper's Eq. 3, its
-    "neural discriminative dimensionality reduction"): the task features concatenated along channels and
+    Between two stages, column ``i`` receives ``ReLU(BN_i(W_i [x_1; ...; x_T]))`` (the paper's
+    "neural discriminative dimensionality reduction" layer): the task features concatenated along channels and
     reduced back to ``C`` channels by a 1x1 convolution ``W_i`` (``C x TC``). ``W_i`` starts as
     ``[init_other * I, ..., init_self * I, ..., init_other * I]`` with ``init_self = 0.9`` on its own task
     and ``init_other = 0.1`` elsewhere, the paper's initialisation. Layers sit between consecutive stages of

@@ -15,9 +15,9 @@ from study.architectures._gated import GatedArchitecture
 class PLE(GatedArchitecture):
     """Progressive Layered Extraction (Tang et al., RecSys 2020): CGC stacked over the encoder's stages.
 
-    Sec. 4.3 of the paper: extraction level ``j`` (one per stage of the staged encoder) has shared experts
+    The paper's multi-level extraction network: extraction level ``j`` (one per stage of the staged encoder) has shared experts
     and per-task experts (copies of stage ``j``); task ``k``'s experts read ``g^{k,j-1}``, the shared ones
-    ``g^{s,j-1}`` (both the input at the first level). Eq. (4): ``g^{k,j} = w^{k,j} S^{k,j}`` mixes task
+    ``g^{s,j-1}`` (both the input at the first level). Its gates ``g^{k,j} = w^{k,j} S^{k,j}`` mixes task
     ``k``'s and the shared experts; the shared gate ``g^{s,j}`` mixes all experts of the level and exists
     below the last level only. Gates read the flattened input at every level (the paper's gates read the
     previous level's output; flattening intermediate feature maps would make gates of millions of inputs
