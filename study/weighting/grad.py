@@ -60,7 +60,7 @@ def _torch_project_simplex(y: Tensor) -> Tensor:
     css = torch.cumsum(u, 0) - 1.0
     idx = torch.arange(1, n + 1, device=y.device, dtype=y.dtype)
     cond = (u - css / idx) > 0
-    rho = (cond * idx).max()
+    rho = (cond * idx).max().clamp(min=1)  # NaN input: no index passes; the NaN propagates
     theta = css.gather(0, (rho - 1).long().reshape(1)) / rho
     return torch.clamp(y - theta, min=0.0)
 

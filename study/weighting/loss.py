@@ -137,7 +137,9 @@ class STL(LossWeighting):
     the reference for Delta_m against single-task baselines. ``task`` is a task name or index; run one
     STL trial per task (e.g. ``methods: [{name: stl, task: left}, {name: stl, task: right}]``) and read
     each run's metrics of its own task only. Other heads get no gradient (their losses still appear in the
-    trial's rows; the analysis must ignore them)."""
+    trial's rows; the analysis must ignore them). It is a reference, not combinable with an aggregator."""
+
+    combinable = False
 
     def __init__(self, num_tasks: int, task: str | int = 0):
         super().__init__(num_tasks)

@@ -56,7 +56,7 @@ class MethodStep(nn.Module):
         self._agg_context = aggregator is not None and forward_accepts_context(aggregator)
         self._shared: list[nn.Parameter] | None = None
         self._extra: list[nn.Parameter] | None = None
-        self._buffers: dict[tuple, Tensor] = {}
+        self._gbufs: dict[tuple, Tensor] = {}
         self._batch: tuple[Any, Any] | None = None
         self._problem = None
         self._val_factory: Callable[[int], Iterator] | None = None
@@ -147,11 +147,11 @@ class MethodStep(nn.Module):
 
     def _buffer(self, T: int, d: int, like: Tensor) -> Tensor:
         key = (T, d, like.device, like.dtype)
-        buf = self._buffers.get(key)
+        buf = self._gbufs.get(key)
         if buf is None:
-            if len(self._buffers) >= 2:  # e.g. full and last (short) batch at the representation
-                self._buffers.pop(next(iter(self._buffers)))
-            buf = self._buffers[key] = torch.empty(T, d, device=like.device, dtype=like.dtype)
+            if len(self._gbufs) >= 2:  # e.g. full and last (short) batch at the representation
+                self._gbufs.pop(next(iter(self._gbufs)))
+            buf = self._gbufs[key] = torch.empty(T, d, device=like.device, dtype=like.dtype)
         return buf
 
     def _aggregate(self, G: Tensor, losses: Tensor, rep: Tensor | None, rng: np.random.Generator) -> Tensor:
