@@ -26,8 +26,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from study.driver import check_study_folder, run_study
 
     check_study_folder(spec, args.storage, resume=args.resume)
-    n = len(spec.trial_configs())
-    print(f"study {spec.name!r}: {n} trials ({len(spec.methods)} methods x {len(spec.seeds)} seeds"
+    from study.driver import planned_trials
+
+    n = planned_trials(spec)
+    tuned = f", {spec.tune['num_samples']} tuned samples per cell" if spec.tune else ""
+    print(f"study {spec.name!r}: {n} trials ({len(spec.methods)} methods x {len(spec.seeds)} seeds{tuned}"
           f"{'' if len(spec.problems) == 1 else f' x {len(spec.problems)} problems'}"
           f"{'' if len(spec.architectures) == 1 else f' x {len(spec.architectures)} architectures'})"
           f" -> {args.storage}/{spec.name}", flush=True)

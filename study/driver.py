@@ -194,6 +194,29 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
                  dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **kwargs)
 
 
+def tuner_arguments(spec: StudySpec, configs: list[dict]) -> dict:
+    """``param_space`` and ``TuneConfig`` for a spec: a plain grid, or one Optuna study per grid cell."""
+    from study.search import make_scheduler, make_searcher
+
+    metric = spec.tune["metric"] if spec.tune else "val_score"
+    mode = spec.tune["mode"] if spec.tune else "max"
+    epochs = max(int(c["train"]["epochs"]) for c in configs)
+    scheduler = make_scheduler(spec.scheduler, epochs, metric, mode, spec.tune)
+    max_concurrent = spec.run.get("max_concurrent")
+    if spec.tune:
+        searcher = make_searcher(spec.tune, configs)
+        return {"param_space": {}, "tune_config": tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=len(configs) * spec.tune["num_samples"],
+            reuse_actors=True, max_concurrent_trials=max_concurrent)}
+    tc = tune.TuneConfig(scheduler=scheduler, reuse_actors=True, max_concurrent_trials=max_concurrent)
+    return {"param_space": {"trial": tune.grid_search(configs)}, "tune_config": tc}
+
+
+def planned_trials(spec: StudySpec) -> int:
+    n = len(spec.trial_configs())
+    return n * spec.tune["num_samples"] if spec.tune else n
+
+
 def run_study(spec: StudySpec, storage: str, *, address: str | None = None, resume: bool = False,
               retry_errored: bool = False, verbose: int = 0, num_cpus: int | None = None,
               dashboard: bool = False) -> dict:
@@ -212,7 +235,7 @@ def run_study(spec: StudySpec, storage: str, *, address: str | None = None, resu
     init_ray(address, num_cpus=num_cpus, dashboard=dashboard)
 
     if meta is None:
-        meta = {"name": spec.name, "spec_hash": spec.spec_hash, "status": "running", "trials": len(configs),
+        meta = {"name": spec.name, "spec_hash": spec.spec_hash, "status": "running", "trials": planned_trials(spec),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": spec.source or ""}
         write_study(uri, meta)
         fs, root = resolve_fs(uri)
@@ -227,7 +250,7 @@ def run_study(spec: StudySpec, storage: str, *, address: str | None = None, resu
                                               **({"memory": int(resources["memory_gb"] * 2**30)}
                                                  if resources.get("memory_gb") else {})})
     run = spec.run
-    callbacks = [ResultSink(uri), ProgressLine(len(configs))]
+    callbacks = [ResultSink(uri), ProgressLine(planned_trials(spec))]
     fs, root = resolve_fs(uri)
     storage_path = uri if "://" in uri else root
     run_config = tune.RunConfig(
@@ -246,13 +269,7 @@ def run_study(spec: StudySpec, storage: str, *, address: str | None = None, resu
         # callbacks are not pickled with the experiment state: give them back
         tuner._local_tuner._run_config.callbacks = callbacks  # noqa: SLF001
     else:
-        tuner = tune.Tuner(
-            trainer,
-            param_space={"trial": tune.grid_search(configs)},
-            tune_config=tune.TuneConfig(reuse_actors=True,
-                                        max_concurrent_trials=run.get("max_concurrent")),
-            run_config=run_config,
-        )
+        tuner = tune.Tuner(trainer, run_config=run_config, **tuner_arguments(spec, configs))
     t0 = time.time()
     grid = tuner.fit()
     errors = sum(1 for r in grid if r.error is not None)

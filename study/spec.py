@@ -247,26 +247,7 @@ def parse_spec(raw: dict, *, default_name: str = "study", check_data: bool = Tru
 
     # train
     train = raw.get("train", {}) or {}
-    if not isinstance(train, dict):
-        raise SpecError("train", f"expected a mapping, got {type(train).__name__}")
-    bad = sorted(set(train) - TRAIN_KEYS)
-    if bad:
-        raise SpecError(f"train.{bad[0]}", f"unknown training setting; valid: {', '.join(sorted(TRAIN_KEYS))}")
-    _number(train, "epochs", "train.epochs", kind=int, low=1)
-    _number(train, "batch_size", "train.batch_size", kind=int, low=1)
-    _number(train, "eval_batch_size", "train.eval_batch_size", kind=int, low=1)
-    _number(train, "lr", "train.lr", low=0, low_inclusive=False)
-    _number(train, "weight_decay", "train.weight_decay", low=0)
-    _number(train, "nan_check_every", "train.nan_check_every", kind=int, low=1)
-    _number(train, "grad_clip", "train.grad_clip", low=0, low_inclusive=False, allow_none=True)
-    if "optimizer" in train and str(train["optimizer"]).lower() not in ("adam", "adamw", "sgd"):
-        raise SpecError("train.optimizer", f"unknown optimizer {train['optimizer']!r}; valid: adam, adamw, sgd")
-    if "device" in train and not (train["device"] in ("auto", "cpu") or str(train["device"]).startswith("cuda")):
-        raise SpecError("train.device", f"expected auto, cpu or cuda[:N], got {train['device']!r}")
-    sched = train.get("scheduler")
-    if sched is not None:
-        if not isinstance(sched, dict) or str(sched.get("name", "step")).lower() not in ("step", "cosine"):
-            raise SpecError("train.scheduler", f"expected {{name: step|cosine, ...}}, got {sched!r}")
+    check_train(train, "train")
 
     # resources
     resources = raw.get("resources", {}) or {}
@@ -291,11 +272,42 @@ def parse_spec(raw: dict, *, default_name: str = "study", check_data: bool = Tru
     _number(run, "max_failures", "run.max_failures", kind=int, low=0)
     _number(run, "max_concurrent", "run.max_concurrent", kind=int, low=1, allow_none=True)
 
-    return StudySpec(
+    spec = StudySpec(
         name=name, description=description, problems=problems, architectures=archs, methods=methods,
         seeds=seeds, train=dict(train), resources=dict(resources), run=dict(run), raw=copy.deepcopy(raw),
-        tune=raw.get("tune"), scheduler=raw.get("scheduler"),
     )
+    from study.search import parse_scheduler, parse_tune
+
+    spec.tune = parse_tune(raw.get("tune"), spec.trial_configs())
+    spec.scheduler = parse_scheduler(raw.get("scheduler"), spec.tune)
+    return spec
+
+
+def check_train(train: Any, key: str = "train") -> None:
+    """Validate a ``train`` section (also used on tuned values)."""
+    if not isinstance(train, dict):
+        raise SpecError(key, f"expected a mapping, got {type(train).__name__}")
+    bad = sorted(set(train) - TRAIN_KEYS)
+    if bad:
+        raise SpecError(f"{key}.{bad[0]}", f"unknown training setting; valid: {', '.join(sorted(TRAIN_KEYS))}")
+    _number(train, "epochs", f"{key}.epochs", kind=int, low=1)
+    _number(train, "batch_size", f"{key}.batch_size", kind=int, low=1)
+    _number(train, "eval_batch_size", f"{key}.eval_batch_size", kind=int, low=1)
+    _number(train, "lr", f"{key}.lr", low=0, low_inclusive=False)
+    _number(train, "weight_decay", f"{key}.weight_decay", low=0)
+    _number(train, "nan_check_every", f"{key}.nan_check_every", kind=int, low=1)
+    _number(train, "grad_clip", f"{key}.grad_clip", low=0, low_inclusive=False, allow_none=True)
+    if "optimizer" in train and str(train["optimizer"]).lower() not in ("adam", "adamw", "sgd"):
+        raise SpecError(f"{key}.optimizer", f"unknown optimizer {train['optimizer']!r}; valid: adam, adamw, sgd")
+    if "device" in train and not (train["device"] in ("auto", "cpu") or str(train["device"]).startswith("cuda")):
+        raise SpecError(f"{key}.device", f"expected auto, cpu or cuda[:N], got {train['device']!r}")
+    for flag in ("amp", "channels_last"):
+        if flag in train and train[flag] not in (True, False, None, "bf16", "fp16"):
+            raise SpecError(f"{key}.{flag}", f"expected true/false, got {train[flag]!r}")
+    sched = train.get("scheduler")
+    if sched is not None:
+        if not isinstance(sched, dict) or str(sched.get("name", "step")).lower() not in ("step", "cosine"):
+            raise SpecError(f"{key}.scheduler", f"expected {{name: step|cosine, ...}}, got {sched!r}")
 
 
 def _applicable(arch_cls, problem) -> str | None:

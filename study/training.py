@@ -212,6 +212,7 @@ class Trial:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "numpy_rng": copy.deepcopy(self.rng.bit_generator.state),
+            "base_lr": float(self.train_cfg["lr"]),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -220,6 +221,11 @@ class Trial:
         self.step.load_state_dict(state["method"])
         self.step.load_extra_state_dict(state.get("method_extra") or {})
         self.optimizer.load_state_dict(state["optimizer"])
+        # A checkpoint restored under a new learning rate (PBT's exploit step) scales the current rates.
+        base = float(state.get("base_lr", self.train_cfg["lr"]))
+        if base > 0 and base != float(self.train_cfg["lr"]):
+            for group in self.optimizer.param_groups:
+                group["lr"] *= float(self.train_cfg["lr"]) / base
         if self.scheduler and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
