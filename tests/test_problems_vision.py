@@ -123,6 +123,10 @@ def test_problems_registered_with_paper_defaults():
     assert (Office31.defaults["lr"], Office31.defaults["weight_decay"]) == (1e-4, 1e-5)
     assert len(CelebA.tasks) == 40 and Office31.tasks == ("amazon", "dslr", "webcam")
     assert OfficeHome.tasks == OFFICE_HOME and Office31.multi_input and OfficeHome.multi_input
+    # per-sample input shapes (architectures size gates from them): the paper's until data says otherwise
+    assert NYUv2(root="/nonexistent").input_shape == (3, 288, 384)
+    assert CityScapes(root="/nonexistent").input_shape == (3, 128, 256)
+    assert CelebA(root="/x").input_shape == (3, 64, 64) and Office31(root="/x").input_shape == (3, 224, 224)
 
 
 @pytest.mark.parametrize("cls,params,match", [
@@ -148,10 +152,13 @@ def test_validation_rule_is_fixed_disjoint_and_documented():
     assert val == sorted(order[:5].tolist())
     assert carve_validation(ids, 0.25, 0) == (train, val)
     assert carve_validation(ids, 0.25, 1) != (train, val)
+    assert carve_validation(list(range(4)), 0.1, 0)[1] != []  # a requested validation split is never empty
+    assert carve_validation(ids, 0.0, 0) == (ids, [])
 
 
 def test_nyuv2_reads_the_release_format(data):
     p = NYUv2(root=data["nyuv2"], val_fraction=0.2, **DENSE_SMALL)
+    assert p.input_shape == (3, 32, 32)
     splits = p.load(seed=0)
     other = NYUv2(root=data["nyuv2"], val_fraction=0.2, **DENSE_SMALL).load(seed=5)
     assert splits["train"].ids == other["train"].ids  # the same split for every trial seed

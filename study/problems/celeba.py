@@ -216,6 +216,11 @@ class CelebA(Problem):
         self.num_workers = num_workers
         self.cache_dir = os.path.expanduser(cache_dir) if cache_dir else None
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Per-sample input shape (architectures size gates and probe stages with it)."""
+        return (3, self.image_size, self.image_size)
+
     def metrics(self) -> dict[str, tuple[Metric, ...]]:
         return {t: (Metric("accuracy", True),) for t in self.tasks}
 

@@ -18,8 +18,8 @@ On-disk format (the preprocessed release; ``val/`` is the *test* split)::
 
 Validation split rule (identical for every method and seed): the sample indices of ``root/train`` are
 sorted, permuted with ``numpy.random.default_rng(split_seed)`` (``split_seed`` 0 by default) and the first
-``round(val_fraction * n)`` of the permutation (``val_fraction`` 0.1 by default) form the validation
-split; the rest is the training split. ``val_fraction: 0`` trains on all of ``train`` with no validation.
+``max(1, round(val_fraction * n))`` of the permutation (``val_fraction`` 0.1 by default) form the
+validation split; the rest is the training split. ``val_fraction: 0`` trains on all of ``train`` with no validation.
 
 Reading: each sample's arrays are memory-mapped (``np.load(mmap_mode="r")``) and copied once into a
 tensor inside DataLoader workers (``num_workers``); ``in_memory: true`` instead reads each split once
@@ -61,7 +61,7 @@ def sample_ids(folder: str) -> list[int]:
 def carve_validation(ids: list[int], val_fraction: float, split_seed: int) -> tuple[list[int], list[int]]:
     """The documented validation rule: (train ids, validation ids), both sorted."""
     ids = sorted(ids)
-    n_val = int(round(val_fraction * len(ids)))
+    n_val = max(1, int(round(val_fraction * len(ids)))) if val_fraction > 0 and len(ids) > 1 else 0
     order = np.random.default_rng(split_seed).permutation(len(ids))
     val = sorted(ids[i] for i in order[:n_val])
     train = sorted(ids[i] for i in order[n_val:])
@@ -246,6 +246,14 @@ class DenseProblem(Problem):
         if len(shape) != 3 or shape[2] != 3:
             raise DataError(f"{self.name}: images must be H x W x 3 arrays, {train_image}/{first}.npy is {shape}")
         return int(shape[0]), int(shape[1])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Per-sample input shape: ``(3, H, W)`` of the data when readable, else the paper's."""
+        try:
+            return (3, *self.image_hw)
+        except DataError:
+            return (3, *self.paper_shape)
 
     def split_ids(self) -> dict[str, tuple[str, list[int]]]:
         """``{split: (folder on disk, sample ids)}`` for train / val / test after the validation rule."""
