@@ -58,6 +58,9 @@ TRIAL_SCHEMA = pa.schema([
     ("gpus", pa.float64()),           # GPUs the trial held (fractional allowed), for GPU-hours
     ("time_total_s", pa.float64()),
     ("config", pa.string()),          # full trial config as JSON
+    ("node", pa.string()),            # Ray node id the trial ran on (last one, if it moved)
+    ("started_at", pa.float64()),     # unix time the trial's process started (its latest attempt)
+    ("ended_at", pa.float64()),       # unix time it ended (null while running)
 ])
 
 RESULTS_DIR = "results"

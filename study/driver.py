@@ -36,7 +36,10 @@ def trainable(config: dict[str, Any]) -> None:
 
     from study.training import train_trial
 
+    import ray
+
     trial_cfg = config["trial"]
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "started_at": time.time()}
     resources = tune.get_context().get_trial_resources()
     cpus = resources.required_resources.get("CPU", 1) if resources else 1
     torch.set_num_threads(max(int(cpus), 1))
@@ -54,12 +57,12 @@ def trainable(config: dict[str, Any]) -> None:
     def reporter(metrics: dict, state_dict: dict) -> None:
         with tempfile.TemporaryDirectory(prefix="litmus-ckpt-") as d:
             torch.save(state_dict, Path(d) / STATE_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(d))
 
     try:
         train_trial(trial_cfg, reporter, resume_state=state)
     except DivergedError as exc:
-        tune.report({"litmus_event": "diverged", "reason": str(exc), "epoch": exc.epoch})
+        tune.report({"litmus_event": "diverged", "reason": str(exc), "epoch": exc.epoch, **where})
 
 
 # -- callbacks ----------------------------------------------------------------------------------
@@ -71,6 +74,7 @@ class ResultSink(tune.Callback):
         self.writer: StudyWriter | None = None
         self.started: dict[str, float] = {}
         self.diverged: dict[str, str] = {}
+        self.where: dict[str, dict] = {}
 
     def _w(self) -> StudyWriter:
         if self.writer is None:
@@ -92,6 +96,8 @@ class ResultSink(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         cfg = trial.config["trial"]
+        if "node_id" in result:
+            self.where[trial.trial_id] = {"node": str(result["node_id"]), "started_at": float(result["started_at"])}
         if result.get("litmus_event") == "diverged":
             self.diverged[trial.trial_id] = str(result.get("reason", "diverged"))
             return
@@ -107,7 +113,8 @@ class ResultSink(tune.Callback):
         elapsed = time.time() - self.started.get(trial.trial_id, time.time())
         device = "cuda" if self._gpus(trial) > 0 else "cpu"
         self._w().set_status(trial.trial_id, cfg, status, reason=reason, epochs_done=done, device=device,
-                             gpus=self._gpus(trial), time_total_s=elapsed)
+                             gpus=self._gpus(trial), time_total_s=elapsed, ended_at=time.time(),
+                             **self.where.get(trial.trial_id, {}))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, "completed")
@@ -142,6 +149,8 @@ class ProgressLine(tune.Callback):
         res = self.last.get(trial.trial_id, {})
         if res.get("litmus_event") == "diverged":
             status = f"diverged ({res.get('reason', '')})"
+        elif status == "done" and int(res.get("epoch", 0)) < int(cfg["train"]["epochs"]):
+            status = "early-stopped"
         tests = [v for k, v in res.items() if isinstance(k, str) and k.startswith("test/") and not k.endswith("/loss")]
         test = f" test {sum(tests) / len(tests):.4f}" if tests else ""
         val = res.get("val_score")
@@ -232,6 +241,8 @@ def run_study(spec: StudySpec, storage: str, *, address: str | None = None, resu
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
+    # Save the experiment state (trials, searcher) often, so a killed driver loses at most seconds.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     init_ray(address, num_cpus=num_cpus, dashboard=dashboard)
 
     if meta is None:
@@ -263,7 +274,10 @@ def run_study(spec: StudySpec, storage: str, *, address: str | None = None, resu
                                           fail_fast=bool(run.get("fail_fast", False))),
     )
     experiment = storage_path.rstrip("/") + "/tune"
-    if resume and tune.Tuner.can_restore(experiment):
+    if resume and not tune.Tuner.can_restore(experiment):
+        raise LitmusError(f"cannot resume study {spec.name!r}: no Ray Tune state was saved in {experiment} "
+                          f"before the driver stopped; start it again under a new --name")
+    if resume:
         tuner = tune.Tuner.restore(experiment, trainable=trainer, resume_unfinished=True,
                                    resume_errored=False, restart_errored=retry_errored)
         # callbacks are not pickled with the experiment state: give them back

@@ -176,12 +176,14 @@ class StudyWriter:
         return len(rows)
 
     def set_status(self, trial_id: str, config: dict, status: str, *, reason: str = "", epochs_done: int = 0,
-                   device: str = "", gpus: float = 0.0, time_total_s: float = 0.0) -> None:
+                   device: str = "", gpus: float = 0.0, time_total_s: float = 0.0, node: str = "",
+                   started_at: float | None = None, ended_at: float | None = None) -> None:
         row = {
             **trial_identity(config), "trial_id": trial_id, "status": status, "reason": reason[:2000],
             "epochs_done": int(epochs_done), "epochs_planned": int(config.get("train", {}).get("epochs", 0)),
             "device": device, "gpus": float(gpus), "time_total_s": float(time_total_s),
             "config": json.dumps(config, sort_keys=True, default=str),
+            "node": node, "started_at": started_at, "ended_at": ended_at,
         }
         write_table_atomic(self.fs, self.status_path(trial_id), pa.Table.from_pylist([row], schema=TRIAL_SCHEMA))
 

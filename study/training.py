@@ -237,6 +237,8 @@ class Trial:
     def train_epoch(self) -> dict[str, float]:
         problem, model, device = self.problem, self.model, self.device
         model.train()
+        # Architectures with epoch-dependent behaviour (LTB's temperature annealing) get the schedule.
+        getattr(model, "set_epoch", lambda *_: None)(self.epoch, int(self.train_cfg["epochs"]))
         tasks = problem.tasks
         epoch = self.epoch + 1
         loss_sum = torch.zeros(len(tasks), device=device, dtype=torch.float64)
