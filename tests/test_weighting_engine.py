@@ -253,3 +253,20 @@ def test_resume_reproduces_the_uninterrupted_run(method, digits_data):
     b.run_epoch()
     for (n, p), q in zip(a.model.named_parameters(), b.model.parameters()):
         torch.testing.assert_close(p, q, msg=n)
+
+
+def test_rotograd_learns_orthogonal_rotations():
+    model, step = make_step("rotograd")
+    assert step.aggregator.latent_size == 6  # read from the heads
+    opt = torch.optim.SGD(list(model.parameters()) + list(step.parameters()), lr=0.5)
+    x, y = toy_batch()
+    for i in range(3):
+        opt.zero_grad(set_to_none=True)
+        step.backward(step.losses(ToyProblem(), x, y), np.random.default_rng(i))
+        assert all(a.grad is not None for a in step.aggregator.A)
+        opt.step()
+        step.after_step()
+    R = step.aggregator.rotations()
+    assert any(not torch.allclose(r, torch.eye(6)) for r in R)
+    for r in R:
+        torch.testing.assert_close(r @ r.T, torch.eye(6), atol=1e-5, rtol=0)

@@ -111,6 +111,7 @@ EW_EQUIVALENT = {
     "aligned_mtl": ({}, _orthonormal(3), 1.0),
     "graddrop": ({}, _nonconflicting(3), 1.0),  # all signs agree: nothing dropped
     "db_mtl": ({"beta": 0.0}, _orthonormal(3), 1.0),  # beta=0: h = g / L, equal norms: alpha = 1
+    "rotograd": ({}, _orthonormal(3), 1.0),  # first step: ratios 1, C = mean norm = 1
 }
 
 

@@ -379,3 +379,12 @@ def test_gradnorm_loss_hand_value():
 def test_stl_one_hot():
     a = wt("stl", 3, task=2)
     assert torch.equal(a(torch.ones(3), None), torch.tensor([0.0, 0.0, 1.0]))
+
+
+def test_rotograd_scaling_hand_values():
+    a = agg("rotograd", 2, latent_size=2)
+    d1 = run(a, torch.tensor([[2.0, 0.0], [0.0, 1.0]]))
+    torch.testing.assert_close(d1, torch.tensor([1.5, 1.5]))  # ratios 1: C = mean norm = 1.5
+    d2 = run(a, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    # ratios (0.5, 1): alpha = (1/3, 2/3), C = 1/3 * 1 + 2/3 * 1 = 1
+    torch.testing.assert_close(d2, torch.tensor([1.0, 1.0]))

@@ -48,6 +48,11 @@ class MethodStep(nn.Module):
         ):
             raise SpecError("method", f"{aggregator.name} works on the shared representation, which "
                                       f"{type(model).__name__} does not have; use level: parameters")
+        if aggregator is not None and hasattr(aggregator, "bind_model"):
+            try:
+                aggregator.bind_model(model)
+            except ValueError as exc:
+                raise SpecError("method.aggregator", str(exc)) from None
         if weighting is not None and hasattr(weighting, "bind_tasks") and hasattr(model, "tasks"):
             try:
                 weighting.bind_tasks(tuple(model.tasks))
@@ -86,7 +91,11 @@ class MethodStep(nn.Module):
                                           "single-input problem; use level: parameters")
             self._rep = rep
             self._rep_d = rep.detach().requires_grad_()
-            outs = self.model.decode(self._rep_d)
+            if hasattr(self.aggregator, "task_inputs"):  # RotoGrad: each head sees its own rotation
+                views = self.aggregator.task_inputs(self._rep_d)
+                outs = {t: self.model.decoders[t](v) for t, v in zip(problem.tasks, views)}
+            else:
+                outs = self.model.decode(self._rep_d)
         else:
             outs = self.model(inputs)
         return self.task_losses(problem, outs, targets)
