@@ -238,6 +238,22 @@ def test_celeba_attribute_file_and_partition_are_parsed(data):
     assert torch.equal(yb["Smiling"], torch.from_numpy((values[:5, ATTRIBUTES.index("Smiling")] > 0).astype(np.int64)))
 
 
+@pytest.mark.parametrize("rows,match", [
+    (["3", "{A}", "a.jpg {ones}"], "line 1 announces 3 images but 1 rows follow"),
+    (["2", "{A}", "a.jpg {ones}", "b.jpg {short}"], "line 4 has fewer than 40 values"),
+    (["2", "{A}", "a.jpg {ones}", "b.jpg {short} 0"], r"line 4 has a value other than -1/1 \('0'\)"),
+    (["2", "{A}", "a.jpg {ones}", "b.jpg {short} yes"], r"line 4 has a value other than -1/1 \('yes'\)"),
+    (["2", "{A}", "a.jpg {ones}", "b.jpg {ones} 1"], "malformed"),
+    (["many", "{A}"], "line 1 should be the number of images"),
+])
+def test_malformed_attribute_files_name_the_line(tmp_path, rows, match):
+    fill = {"A": " ".join(ATTRIBUTES), "ones": " ".join(["1"] * 40), "short": " ".join(["-1"] * 39)}
+    path = tmp_path / "list_attr_celeba.txt"
+    path.write_text("\n".join(r.format(**fill) for r in rows) + "\n")
+    with pytest.raises(ValueError, match=match):
+        read_attributes(str(path))
+
+
 def test_celeba_png_folder_and_attribute_subset(data):
     p = CelebA(root=data["celeba_png"], image_size=8, attributes=["Young", "Male"], num_workers=0)
     assert p.tasks == ("Young", "Male") and set(p.metrics()) == {"Young", "Male"}

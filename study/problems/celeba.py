@@ -62,38 +62,42 @@ def find_image_dir(root: str) -> tuple[str, str] | None:
 def read_attributes(path: str) -> tuple[list[str], list[str], np.ndarray]:
     """Parse ``list_attr_celeba.txt``: (attribute names, file names, values (N, 40) int8 in {-1, 1}).
 
-    Raises ``ValueError`` with the offending line on a malformed file.
+    Rows are parsed by pandas' C reader (about a second for the 202,599 rows of the release). Raises
+    ``ValueError`` naming the offending line on a malformed file.
     """
+    import pandas as pd
+
     with open(path) as f:
-        lines = f.read().splitlines()
-    if len(lines) < 2:
-        raise ValueError(f"{path}: expected a count line and a header line")
+        first, header = f.readline(), f.readline()
     try:
-        count = int(lines[0].strip())
+        count = int(first.strip())
     except ValueError:
-        raise ValueError(f"{path}: line 1 should be the number of images, got {lines[0][:40]!r}") from None
-    names = lines[1].split()
-    rows = [ln.split() for ln in lines[2:] if ln.strip()]
-    if len(rows) != count:
-        raise ValueError(f"{path}: line 1 announces {count} images but {len(rows)} rows follow")
-    for k, row in enumerate(rows):
-        if len(row) != len(names) + 1:
-            raise ValueError(f"{path}: line {k + 3} has {len(row) - 1} values, expected {len(names)}")
-    files = [row[0] for row in rows]
+        raise ValueError(f"{path}: line 1 should be the number of images, got {first.strip()[:40]!r}") from None
+    names = header.split()
+    if not names:
+        raise ValueError(f"{path}: line 2 should list the attribute names")
     try:
-        values = np.array([row[1:] for row in rows], dtype=np.int64).reshape(len(rows), len(names))
-    except (ValueError, OverflowError):
-        values = None
-    if values is None:
-        for k, row in enumerate(rows):
-            for v in row[1:]:
-                if v not in ("-1", "1"):
-                    raise ValueError(f"{path}: line {k + 3} has a value other than -1/1 ({v!r})")
-    bad = ~np.isin(values, (-1, 1))
-    if bad.any():
-        k = int(np.argwhere(bad)[0, 0])
-        raise ValueError(f"{path}: line {k + 3} has a value other than -1/1")
-    return names, files, values.astype(np.int8)
+        table = pd.read_csv(path, sep=r"\s+", skiprows=2, header=None, dtype={0: str}, engine="c",
+                            skip_blank_lines=True)
+    except pd.errors.EmptyDataError:
+        table = pd.DataFrame(columns=range(len(names) + 1))
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise ValueError(f"{path}: a row is malformed ({' '.join(str(exc).split())[:80]})") from None
+    if len(table) != count:
+        raise ValueError(f"{path}: line 1 announces {count} images but {len(table)} rows follow")
+    if table.shape[1] != len(names) + 1 or table.isna().any().any():
+        k = int(np.argmax(table.isna().any(axis=1).to_numpy())) if table.isna().any().any() else 0
+        raise ValueError(f"{path}: line {k + 3} has fewer than {len(names)} values")
+    raw = table.iloc[:, 1:]
+    if not all(pd.api.types.is_numeric_dtype(dt) for dt in raw.dtypes):  # a non-numeric token somewhere
+        raw = raw.apply(pd.to_numeric, errors="coerce")
+    raw = raw.to_numpy()
+    ok = (raw == 1) | (raw == -1)
+    if not ok.all():
+        k, j = (int(i) for i in np.argwhere(~ok)[0])
+        raise ValueError(f"{path}: line {k + 3} has a value other than -1/1 ({str(table.iat[k, j + 1])!r})")
+    values = raw.astype(np.int8)
+    return names, table.iloc[:, 0].tolist(), values
 
 
 def read_partition(path: str) -> dict[str, int]:
