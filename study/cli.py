@@ -5,6 +5,7 @@
     litmus train SPEC [--method LABEL] [--seed N]     one trial, no Ray (debugging)
     litmus methods | problems | architectures
     litmus check-data PROBLEM PATH
+    litmus check-cluster CLUSTER_YAML                 offline check of a Ray autoscaler config
 
 User errors print one line, ``litmus: error: ...``, and exit with status 2.
 """
@@ -154,6 +155,19 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check_cluster(args: argparse.Namespace) -> int:
+    from study import cluster_check
+
+    problems = cluster_check.check_cluster(args.path)
+    if problems:
+        for line in problems:
+            print(f"litmus: error: {line}", file=sys.stderr)
+        return 2
+    print(cluster_check.summarize_cluster(args.path))
+    print("no problems found; start it with: ray up " + args.path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="litmus",
@@ -209,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("problem", metavar="PROBLEM")
     p.add_argument("path", metavar="PATH")
     p.set_defaults(func=_cmd_check_data)
+
+    p = sub.add_parser("check-cluster", help="check a Ray cluster config offline (no cloud calls)",
+                       description="Check a Ray autoscaler config (e.g. cluster.yaml) against Ray's schema and "
+                                   "what a study needs, without touching a cloud; run it where you run ray up.")
+    p.add_argument("path", metavar="CLUSTER_YAML")
+    p.set_defaults(func=_cmd_check_cluster)
     return parser
 
 
