@@ -339,7 +339,8 @@ class NYUv2(DenseProblem):
     task_folders = {"segmentation": ("label",), "depth": ("depth",), "normal": ("normal",)}
     paper_sizes = (795, 654)
     paper_shape = (288, 384)
-    defaults: ClassVar[dict[str, Any]] = {**_TRAIN_DEFAULTS, "batch_size": 8}
+    # evaluate in batches of 32 (not the trainer's default of 256) to bound the memory of full-size dilated ResNet-50 maps
+    defaults: ClassVar[dict[str, Any]] = {**_TRAIN_DEFAULTS, "batch_size": 8, "eval_batch_size": 32}
 
 
 @PROBLEMS.register("cityscapes")
@@ -351,4 +352,4 @@ class CityScapes(DenseProblem):
     task_folders = {"segmentation": ("label", "label_7"), "depth": ("depth",)}
     paper_sizes = (2975, 500)
     paper_shape = (128, 256)
-    defaults: ClassVar[dict[str, Any]] = {**_TRAIN_DEFAULTS, "batch_size": 64}
+    defaults: ClassVar[dict[str, Any]] = {**_TRAIN_DEFAULTS, "batch_size": 64, "eval_batch_size": 128}
