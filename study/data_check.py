@@ -316,7 +316,8 @@ def _check_office(cls, path: str, lists: str | None = None) -> _Report:
     lines = [f"{cls.name} data at {path}: OK" + (f" (lists in {lists})" if lists != path else "")]
     for domain in cls.domains:
         per = " / ".join(str(sizes[(domain, s)]) for s in SPLITS)
-        lines.append(f"  {domain}: train / val / test {per}; {len(classes[domain])} of {cls.num_classes} classes present")
+        present = len(classes[domain])
+        lines.append(f"  {domain}: train / val / test {per}; {present} of {cls.num_classes} classes present")
     rep.summary = lines
     return rep
 

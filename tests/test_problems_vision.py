@@ -118,7 +118,8 @@ def test_problems_registered_with_paper_defaults():
     assert NYUv2.defaults["batch_size"] == 8 and CityScapes.defaults["batch_size"] == 64
     for cls in (NYUv2, CityScapes):
         d = cls.defaults
-        assert (d["lr"], d["weight_decay"], d["scheduler"]) == (1e-4, 1e-5, {"name": "step", "step_size": 100, "gamma": 0.5})
+        step = {"name": "step", "step_size": 100, "gamma": 0.5}
+        assert (d["lr"], d["weight_decay"], d["scheduler"], d["epochs"]) == (1e-4, 1e-5, step, 200)
     assert (CelebA.defaults["lr"], CelebA.defaults["batch_size"]) == (1e-3, 512)
     assert (Office31.defaults["lr"], Office31.defaults["weight_decay"]) == (1e-4, 1e-5)
     assert len(CelebA.tasks) == 40 and Office31.tasks == ("amazon", "dslr", "webcam")

@@ -242,7 +242,9 @@ class DenseProblem(Problem):
             first = sample_ids(train_image)[0]
             shape = np.load(os.path.join(train_image, f"{first}.npy"), mmap_mode="r").shape
         except (OSError, IndexError, ValueError) as exc:
-            raise DataError(f"{self.name}: cannot read an image under {train_image} ({exc}); {self._expected()}") from None
+            raise DataError(
+                f"{self.name}: cannot read an image under {train_image} ({exc}); {self._expected()}"
+            ) from None
         if len(shape) != 3 or shape[2] != 3:
             raise DataError(f"{self.name}: images must be H x W x 3 arrays, {train_image}/{first}.npy is {shape}")
         return int(shape[0]), int(shape[1])
@@ -339,7 +341,7 @@ class NYUv2(DenseProblem):
     task_folders = {"segmentation": ("label",), "depth": ("depth",), "normal": ("normal",)}
     paper_sizes = (795, 654)
     paper_shape = (288, 384)
-    # evaluate in batches of 32 (not the trainer's default of 256) to bound the memory of full-size dilated ResNet-50 maps
+    # evaluate in batches of 32 (not the trainer's default of 256): bounds the memory of full-size ResNet-50 maps
     defaults: ClassVar[dict[str, Any]] = {**_TRAIN_DEFAULTS, "batch_size": 8, "eval_batch_size": 32}
 
 

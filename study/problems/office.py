@@ -131,7 +131,8 @@ class OfficeProblem(Problem):
 
     def check(self) -> None:
         if not self.root:
-            raise DataError(f"{self.name}: problem.root is not set; point it at the folder the list files' paths are relative to")
+            raise DataError(f"{self.name}: problem.root is not set; point it at the folder the list files' "
+                            f"paths are relative to")
         if not os.path.isdir(self.root):
             raise DataError(f"{self.name}: data folder {self.root} does not exist")
         for domain in self.domains:
