@@ -81,18 +81,22 @@ def min_norm_weights(gramian: np.ndarray, max_iter: int = 250, tol: float = 1e-1
     return w / w.sum(), it
 
 
-def dual_cone_weights(gramian: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """``argmin_v 1/2 v^T M v`` subject to ``v >= u`` (UPGrad's projection onto the dual cone, Eq. 5 of
-    Quinton & Rey 2024, in its weight form). Solved exactly as a non-negative least-squares problem:
-    with ``M = A^T A`` (``A = Lambda^{1/2} V^T`` from the eigendecomposition, valid for singular ``M``),
-    ``v = u + z`` and ``z = argmin_{z >= 0} ||A z + A u||``.
+def dual_cone_weights(gramian: np.ndarray, U: np.ndarray) -> np.ndarray:
+    """For each row ``u`` of ``U``: ``argmin_v 1/2 v^T M v`` subject to ``v >= u`` (UPGrad's projection
+    onto the dual cone, Eq. 5 of Quinton & Rey 2024, in its weight form). Solved exactly as non-negative
+    least squares: with ``M = A^T A`` (``A = Lambda^{1/2} V^T`` from one eigendecomposition, valid for
+    singular ``M``), ``v = u + z`` and ``z = argmin_{z >= 0} ||A z + A u||``. Returns one row per ``u``.
     """
     M = np.asarray(gramian, dtype=np.float64)
+    U = np.atleast_2d(np.asarray(U, dtype=np.float64))
     lam, V = np.linalg.eigh((M + M.T) / 2)
     lam = np.clip(lam, 0.0, None)
     A = np.sqrt(lam)[:, None] * V.T
-    z, _ = nnls(A, -(A @ u), maxiter=50 * M.shape[0])
-    return u + z
+    out = np.empty_like(U)
+    for r, u in enumerate(U):
+        z, _ = nnls(A, -(A @ u), maxiter=50 * M.shape[0])
+        out[r] = u + z
+    return out
 
 
 def fair_weights(gramian: np.ndarray, alpha: float, w0: np.ndarray | None = None, max_iter: int = 100,
@@ -143,10 +147,15 @@ def fair_weights(gramian: np.ndarray, alpha: float, w0: np.ndarray | None = None
         neg = step < 0
         t = min(1.0, 0.99 * float(np.min(-w[neg] / step[neg]))) if neg.any() else 1.0
         slope = float(r @ step)
+        r_norm = float(np.linalg.norm(r))
         while t > 1e-12:
             w_new = w + t * step
             f_new = objective(w_new)
             if np.isfinite(f_new) and f_new <= f + 1e-4 * t * slope:
+                break
+            # near the solution the objective's change drowns in rounding: accept a step that
+            # reduces the residual instead (Newton's local quadratic convergence)
+            if np.isfinite(f_new) and np.linalg.norm(Ml @ w_new - w_new ** (-p)) < 0.5 * r_norm:
                 break
             t *= 0.5
         else:
@@ -159,13 +168,15 @@ def fair_weights(gramian: np.ndarray, alpha: float, w0: np.ndarray | None = None
     return w_out, converged
 
 
-def cagrad_weights(gramian: np.ndarray, c: float, max_iter: int = 1000, tol: float = 1e-12) -> np.ndarray:
+def cagrad_weights(gramian: np.ndarray, c: float, max_iter: int = 500, tol: float = 1e-7) -> np.ndarray:
     """CAGrad (Liu et al., NeurIPS 2021, Eq. 7-8) as weights on the task gradients.
 
     Inner problem: ``min_{w in simplex} g_w^T g_0 + sqrt(phi) ||g_w||`` with ``g_0`` the mean gradient,
     ``phi = c^2 ||g_0||^2``; direction ``d = g_0 + sqrt(phi) / ||g_w|| g_w``, i.e. weights
     ``1/T + c ||g_0|| / ||g_w|| * w`` (before rescaling). Solved by accelerated projected gradient with
-    backtracking on the Gramian (convex, T variables).
+    backtracking on the Gramian (convex, T variables), then polished exactly on the support it found:
+    there the KKT conditions give ``w_S = (n/k)(mu M_SS^{-1} 1 - M_SS^{-1} b_S)`` with ``mu`` the root of a
+    quadratic, kept when it is feasible and no worse.
     """
     M = np.asarray(gramian, dtype=np.float64)
     T = M.shape[0]
@@ -191,27 +202,53 @@ def cagrad_weights(gramian: np.ndarray, c: float, max_iter: int = 1000, tol: flo
     fw = F(w)
     step = 1.0
     tk = 1.0
-    for _ in range(max_iter):
+    for it in range(max_iter):
         gy = grad(y)
         fy = F(y)
         while True:
             z = project_simplex(y - step * gy)
             diff = z - y
-            if F(z) <= fy + gy @ diff + diff @ diff / (2 * step) + 1e-15 or step < 1e-12:
+            fz = F(z)
+            if fz <= fy + gy @ diff + diff @ diff / (2 * step) + 1e-15 or step < 1e-12:
                 break
             step *= 0.5
-        fz = F(z)
-        if fz > fw:  # monotone restart
+        if fz > fw:  # monotone restart from the best point
             y, tk = w.copy(), 1.0
-            continue
-        t_next = (1 + np.sqrt(1 + 4 * tk * tk)) / 2
-        y = z + ((tk - 1) / t_next) * (z - w)
-        done = np.max(np.abs(z - w)) < tol and abs(fw - fz) < tol
-        w, fw, tk = z, fz, t_next
-        step *= 1.5
-        if done:
-            break
+        else:
+            t_next = (1 + np.sqrt(1 + 4 * tk * tk)) / 2
+            y = z + ((tk - 1) / t_next) * (z - w)
+            w, fw, tk = z, fz, t_next
+            step *= 1.2
+        if fz > fw or it % 5 == 0:  # stationarity: the projected-gradient residual at the best point
+            if np.max(np.abs(w - project_simplex(w - grad(w)))) < tol:
+                break
+    polished = _cagrad_polish(M, b, k, w)
+    if polished is not None and F(polished) <= F(w) + 1e-15:
+        w = polished
     gw_norm = float(np.sqrt(max(w @ M @ w, 0.0)))
     if gw_norm <= 1e-15:
         return mean.copy()
     return mean + (k / gw_norm) * w
+
+
+def _cagrad_polish(M: np.ndarray, b: np.ndarray, k: float, w: np.ndarray) -> np.ndarray | None:
+    """Exact CAGrad minimiser on the support of ``w`` (see :func:`cagrad_weights`), or None."""
+    S = w > 1e-9 * max(float(w.max()), 1e-300)
+    Ms, bs = M[np.ix_(S, S)], b[S]
+    try:
+        p = np.linalg.solve(Ms, np.ones(int(S.sum())))
+        q = np.linalg.solve(Ms, bs)
+    except np.linalg.LinAlgError:
+        return None
+    a, sq = float(p.sum()), float(q.sum())
+    disc = sq * sq - a * (float(bs @ q) - k * k)
+    if not (a > 0 and disc > 0):
+        return None
+    root = np.sqrt(disc)
+    mu = (sq + root) / a
+    ws = (mu * p - q) / root  # (n/k)(mu p - q) with n = k / root
+    if not np.all(np.isfinite(ws)) or np.any(ws <= 0):
+        return None
+    out = np.zeros_like(w)
+    out[S] = ws / ws.sum()
+    return out

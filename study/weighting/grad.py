@@ -185,13 +185,16 @@ class PCGrad(GramianAggregator):
         zero = _zero_tasks(gramian)
         C = np.eye(T)
         for i in range(T):
+            m = gramian[i].copy()  # m = (g_i^PC . g_k)_k, kept up to date in O(T) per projection
             others = np.array([j for j in range(T) if j != i], dtype=int)
             for j in rng.permutation(others) if others.size else others:
                 if zero[j]:
                     continue
-                dot = float(C[i] @ gramian[:, j])
+                dot = m[j]
                 if dot < 0:
-                    C[i, j] -= dot / gramian[j, j]
+                    coef = -dot / gramian[j, j]
+                    C[i, j] += coef
+                    m += coef * gramian[j]
         return C.sum(0)
 
 
@@ -222,19 +225,21 @@ class GradVac(GramianAggregator):
         for i in range(T):
             if zero[i]:
                 continue
+            m = gramian[i].copy()  # (g_i^PC . g_k)_k and ||g_i^PC||^2, updated in O(T) per change
+            gi_sq = float(gramian[i, i])
             others = np.array([j for j in range(T) if j != i], dtype=int)
             for j in rng.permutation(others) if others.size else others:
-                if zero[j]:
-                    continue
-                gi_sq = float(C[i] @ gramian @ C[i])
-                if not gi_sq > 0:
+                if zero[j] or not gi_sq > 0:
                     continue
                 gi, gj = np.sqrt(gi_sq), np.sqrt(gramian[j, j])
-                phi = float(np.clip((C[i] @ gramian[:, j]) / (gi * gj), -1.0, 1.0))
+                phi = float(np.clip(m[j] / (gi * gj), -1.0, 1.0))
                 t = self.target[i, j]
                 if phi < t:
                     denom = gj * max(np.sqrt(1.0 - t * t), 1e-8)
-                    C[i, j] += gi * (t * np.sqrt(1.0 - phi * phi) - phi * np.sqrt(1.0 - t * t)) / denom
+                    coef = gi * (t * np.sqrt(1.0 - phi * phi) - phi * np.sqrt(1.0 - t * t)) / denom
+                    C[i, j] += coef
+                    gi_sq = max(gi_sq + 2 * coef * m[j] + coef * coef * gramian[j, j], 0.0)
+                    m += coef * gramian[j]
                 self.target[i, j] = (1.0 - self.beta) * t + self.beta * phi
         return C.sum(0)
 
@@ -409,8 +414,7 @@ class UPGrad(GramianAggregator):
         trace = float(np.trace(gramian))
         if not trace > 0:
             return np.zeros(T)
-        M = gramian / (trace / T)
-        return sum(dual_cone_weights(M, np.eye(T)[i] / T) for i in range(T))
+        return dual_cone_weights(gramian / (trace / T), np.eye(T) / T).sum(0)
 
 
 @AGGREGATORS.register("graddrop")
