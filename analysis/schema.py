@@ -61,6 +61,7 @@ TRIAL_SCHEMA = pa.schema([
     ("node", pa.string()),            # Ray node id the trial ran on (last one, if it moved)
     ("started_at", pa.float64()),     # unix time the trial's process started (its latest attempt)
     ("ended_at", pa.float64()),       # unix time it ended (null while running)
+    ("restarts", pa.int32()),         # times Ray restarted it from its checkpoint (worker death, errors)
 ])
 
 RESULTS_DIR = "results"

@@ -22,7 +22,7 @@ from typing import Any
 
 from ray import tune
 
-from study.errors import DivergedError, LitmusError
+from study.errors import DivergedError, LitmusError, SpecError
 from study.results import StudyWriter, read_study, resolve_fs, write_study
 from study.spec import StudySpec
 
@@ -48,11 +48,7 @@ def trainable(config: dict[str, Any]) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            try:
-                state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint is reported, not retried blindly
-                raise RuntimeError(f"checkpoint {d} is unreadable ({type(exc).__name__}: {exc}); "
-                                   f"restart the trial with --retry-errored") from exc
+            state = load_state(Path(d) / STATE_FILE)
 
     def reporter(metrics: dict, state_dict: dict) -> None:
         with tempfile.TemporaryDirectory(prefix="litmus-ckpt-") as d:
@@ -61,8 +57,28 @@ def trainable(config: dict[str, Any]) -> None:
 
     try:
         train_trial(trial_cfg, reporter, resume_state=state)
-    except DivergedError as exc:
+    except DivergedError as exc:  # the same seed would diverge again: no retry
         tune.report({"litmus_event": "diverged", "reason": str(exc), "epoch": exc.epoch, **where})
+    except SpecError as exc:  # a configuration the trial cannot run: no retry
+        tune.report({"litmus_event": "failed", "reason": str(exc), "epoch": 0, **where})
+    # Anything else (a dead worker, GPU out of memory, a data file missing on this node, an unreadable
+    # checkpoint) propagates: Ray Tune retries from the last checkpoint up to run.max_failures times,
+    # then the trial is recorded as errored with the error's last line.
+
+
+class CheckpointError(RuntimeError):
+    """A trial checkpoint that cannot be read."""
+
+
+def load_state(path: Path) -> dict:
+    """Load a trial checkpoint without executing pickled code; a damaged file raises CheckpointError."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}); restart the trial "
+                              f"from scratch with: litmus run SPEC --resume --retry-errored") from None
 
 
 # -- callbacks ----------------------------------------------------------------------------------
@@ -75,6 +91,8 @@ class ResultSink(tune.Callback):
         self.started: dict[str, float] = {}
         self.diverged: dict[str, str] = {}
         self.where: dict[str, dict] = {}
+        self.failed: dict[str, str] = {}
+        self.restarts: dict[str, int] = {}
 
     def _w(self) -> StudyWriter:
         if self.writer is None:
@@ -101,6 +119,9 @@ class ResultSink(tune.Callback):
         if result.get("litmus_event") == "diverged":
             self.diverged[trial.trial_id] = str(result.get("reason", "diverged"))
             return
+        if result.get("litmus_event") == "failed":
+            self.failed[trial.trial_id] = str(result.get("reason", "failed"))
+            return
         self._w().add_result(trial.trial_id, cfg, result)
 
     def _finish(self, trial, status: str, reason: str = "") -> None:
@@ -108,13 +129,18 @@ class ResultSink(tune.Callback):
         done = self._w().epochs_done(trial.trial_id)
         if trial.trial_id in self.diverged:
             status, reason = "diverged", self.diverged[trial.trial_id]
+        elif trial.trial_id in self.failed:
+            status, reason = "errored", self.failed[trial.trial_id]
         elif status == "completed" and done < int(cfg["train"]["epochs"]):
             status, reason = "early_stopped", f"stopped by the scheduler after epoch {done}"
         elapsed = time.time() - self.started.get(trial.trial_id, time.time())
         device = "cuda" if self._gpus(trial) > 0 else "cpu"
         self._w().set_status(trial.trial_id, cfg, status, reason=reason, epochs_done=done, device=device,
                              gpus=self._gpus(trial), time_total_s=elapsed, ended_at=time.time(),
-                             **self.where.get(trial.trial_id, {}))
+                             restarts=self.restarts.get(trial.trial_id, 0), **self.where.get(trial.trial_id, {}))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.restarts[trial.trial_id] = self.restarts.get(trial.trial_id, 0) + 1
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, "completed")
@@ -147,8 +173,8 @@ class ProgressLine(tune.Callback):
         self.finished += 1
         cfg = trial.config["trial"]
         res = self.last.get(trial.trial_id, {})
-        if res.get("litmus_event") == "diverged":
-            status = f"diverged ({res.get('reason', '')})"
+        if res.get("litmus_event") in ("diverged", "failed"):
+            status = f"{res['litmus_event']} ({res.get('reason', '')})"
         elif status == "done" and int(res.get("epoch", 0)) < int(cfg["train"]["epochs"]):
             status = "early-stopped"
         tests = [v for k, v in res.items() if isinstance(k, str) and k.startswith("test/") and not k.endswith("/loss")]
@@ -278,6 +304,9 @@ def run_study(spec: StudySpec, storage: str, *, address: str | None = None, resu
         raise LitmusError(f"cannot resume study {spec.name!r}: no Ray Tune state was saved in {experiment} "
                           f"before the driver stopped; start it again under a new --name")
     if resume:
+        repaired = StudyWriter(uri).repair()
+        if repaired:
+            print(f"rebuilt {len(repaired)} damaged result file(s) from the journal: {', '.join(repaired)}")
         tuner = tune.Tuner.restore(experiment, trainable=trainer, resume_unfinished=True,
                                    resume_errored=False, restart_errored=retry_errored)
         # callbacks are not pickled with the experiment state: give them back

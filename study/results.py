@@ -7,6 +7,11 @@ filesystems. Layout and schemas: :mod:`analysis.schema`.
 Exactly-once: each trial has one part file holding all its epochs so far, rewritten (atomically: temp
 file + rename) on every report and keyed by epoch. A trial resumed from a checkpoint re-reports the
 epochs after that checkpoint, which replace the same keys: no duplicates, no gaps.
+
+Nothing lost: on local and NFS storage every report is also appended to a per-trial journal
+(``results/_journal/TRIAL.jsonl``, ignored by dataset readers). A part file that cannot be read (a disk
+fault, a copy cut short) is set aside as ``.corrupt-*`` and rebuilt from the journal by
+:meth:`StudyWriter.repair`, which ``litmus run --resume`` runs first.
 """
 
 from __future__ import annotations
@@ -140,10 +145,76 @@ class StudyWriter:
     def part_path(self, trial_id: str) -> str:
         return join(self.root, RESULTS_DIR, f"part-{trial_id}.parquet")
 
+    def journal_path(self, trial_id: str) -> str:
+        return join(self.root, RESULTS_DIR, "_journal", f"{trial_id}.jsonl")
+
+    @property
+    def journaled(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def _append_journal(self, trial_id: str, epoch: int, rows: list[dict]) -> None:
+        if not self.journaled:
+            return
+        import os
+
+        path = self.journal_path(trial_id)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        line = json.dumps({"epoch": epoch, "rows": rows}, default=float) + "\n"
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _replay_journal(self, trial_id: str) -> dict[int, list[dict]]:
+        by_epoch: dict[int, list[dict]] = {}
+        path = self.journal_path(trial_id)
+        if not self.journaled or not exists(self.fs, path):
+            return by_epoch
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a crash: the epoch is re-reported
+                    continue
+                _apply(by_epoch, int(entry["epoch"]), entry["rows"])
+        return by_epoch
+
+    def _write_part(self, trial_id: str, by_epoch: dict[int, list[dict]]) -> None:
+        all_rows = [r for e in sorted(by_epoch) for r in by_epoch[e]]
+        write_table_atomic(self.fs, self.part_path(trial_id), pa.Table.from_pylist(all_rows, schema=RESULT_SCHEMA))
+
+    def repair(self) -> list[str]:
+        """Rebuild unreadable or stale part files from the journals; return the trial ids repaired."""
+        repaired = []
+        if not self.journaled:
+            return repaired
+        import os
+
+        jdir = join(self.root, RESULTS_DIR, "_journal")
+        if not os.path.isdir(jdir):
+            return repaired
+        for name in sorted(os.listdir(jdir)):
+            if not name.endswith(".jsonl"):
+                continue
+            trial_id = name[: -len(".jsonl")]
+            journal = self._replay_journal(trial_id)
+            try:
+                current = self._read_part(trial_id)
+            except Exception:  # noqa: BLE001 - any unreadable file is set aside, never deleted
+                current = None
+                path = self.part_path(trial_id)
+                self.fs.move(path, join(str(PurePosixPath(path).parent), f".corrupt-{uuid.uuid4().hex[:8]}-"
+                                                                        f"{PurePosixPath(path).name}"))
+            if journal and (current is None or _epochs(current) != _epochs(journal)):
+                self._write_part(trial_id, journal)
+                self._rows[trial_id] = journal
+                repaired.append(trial_id)
+        return repaired
+
     def status_path(self, trial_id: str) -> str:
         return join(self.root, TRIALS_DIR, f"{trial_id}.parquet")
 
-    def _load_existing(self, trial_id: str) -> dict[int, list[dict]]:
+    def _read_part(self, trial_id: str) -> dict[int, list[dict]]:
         path = self.part_path(trial_id)
         by_epoch: dict[int, list[dict]] = {}
         if exists(self.fs, path):
@@ -151,6 +222,16 @@ class StudyWriter:
                 for row in pq.read_table(f).to_pylist():
                     by_epoch.setdefault(int(row["epoch"]), []).append(row)
         return by_epoch
+
+    def _load_existing(self, trial_id: str) -> dict[int, list[dict]]:
+        try:
+            part = self._read_part(trial_id)
+        except Exception:  # noqa: BLE001 - unreadable: the journal has every report
+            part = None
+        journal = self._replay_journal(trial_id)
+        if part is None or (journal and _epochs(journal) != _epochs(part)):
+            return journal
+        return part
 
     def directions(self, config: dict) -> dict:
         key = json.dumps([config["problem"], config.get("problem_params") or {}], sort_keys=True, default=str)
@@ -165,25 +246,21 @@ class StudyWriter:
         rows = metric_rows(trial_id, config, result, self.directions(config))
         if not rows:
             return 0
-        by_epoch = self._rows[trial_id]
         epoch = int(result["epoch"])
-        # A resumed trial restarts after its checkpoint: later epochs from the lost run are stale.
-        for e in [e for e in by_epoch if e > epoch]:
-            del by_epoch[e]
-        by_epoch[epoch] = rows
-        all_rows = [r for e in sorted(by_epoch) for r in by_epoch[e]]
-        write_table_atomic(self.fs, self.part_path(trial_id), pa.Table.from_pylist(all_rows, schema=RESULT_SCHEMA))
+        self._append_journal(trial_id, epoch, rows)
+        _apply(self._rows[trial_id], epoch, rows)
+        self._write_part(trial_id, self._rows[trial_id])
         return len(rows)
 
     def set_status(self, trial_id: str, config: dict, status: str, *, reason: str = "", epochs_done: int = 0,
                    device: str = "", gpus: float = 0.0, time_total_s: float = 0.0, node: str = "",
-                   started_at: float | None = None, ended_at: float | None = None) -> None:
+                   started_at: float | None = None, ended_at: float | None = None, restarts: int = 0) -> None:
         row = {
             **trial_identity(config), "trial_id": trial_id, "status": status, "reason": reason[:2000],
             "epochs_done": int(epochs_done), "epochs_planned": int(config.get("train", {}).get("epochs", 0)),
             "device": device, "gpus": float(gpus), "time_total_s": float(time_total_s),
             "config": json.dumps(config, sort_keys=True, default=str),
-            "node": node, "started_at": started_at, "ended_at": ended_at,
+            "node": node, "started_at": started_at, "ended_at": ended_at, "restarts": int(restarts),
         }
         write_table_atomic(self.fs, self.status_path(trial_id), pa.Table.from_pylist([row], schema=TRIAL_SCHEMA))
 
@@ -192,6 +269,17 @@ class StudyWriter:
         if by_epoch is None:
             by_epoch = self._load_existing(trial_id)
         return max(by_epoch, default=0)
+
+
+def _apply(by_epoch: dict[int, list[dict]], epoch: int, rows: list[dict]) -> None:
+    """Record ``epoch``; a resumed trial restarts after its checkpoint, so later epochs are stale."""
+    for e in [e for e in by_epoch if e > epoch]:
+        del by_epoch[e]
+    by_epoch[epoch] = rows
+
+
+def _epochs(by_epoch: dict[int, list[dict]]) -> list[tuple[int, int]]:
+    return sorted((e, len(r)) for e, r in by_epoch.items())
 
 
 # -- study metadata -----------------------------------------------------------------------------

@@ -51,5 +51,5 @@ def test_two_trials_through_ray_into_parquet_and_report(ray_session, tmp_path, c
     report = tmp_path / "report"
     assert main(["analyze", str(study), "--out", str(report)]) == 0
     md = (report / "report.md").read_text()
-    assert "EW" in md and "RLW" in md and "Delta_m" in md
+    assert "| EW |" in md and "| RLW (ref) |" in md and "Δm (%) vs EW" in md
     assert (report / "report.html").read_text().count("<img") + (report / "report.html").read_text().count("<svg") >= 1
