@@ -34,9 +34,9 @@ PROJECT = "mtl-litmus"
 # Top-level keys of Ray 1.x configs that Ray 2 no longer accepts, with what to do instead.
 LEGACY_KEYS = {
     "min_workers": "set min_workers per node type under available_node_types",
-    "initial_workers": "removed in Ray 2; set min_workers per node type",
-    "target_utilization_fraction": "removed in Ray 2; use upscaling_speed",
-    "autoscaling_mode": "removed in Ray 2; use upscaling_speed",
+    "initial_workers": "set min_workers per node type under available_node_types",
+    "target_utilization_fraction": "use upscaling_speed",
+    "autoscaling_mode": "use upscaling_speed",
     "head_node": "use available_node_types with head_node_type",
     "worker_nodes": "use available_node_types",
 }

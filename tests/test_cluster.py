@@ -131,7 +131,8 @@ BROKEN_AWS = {
         ["provider.regoin: unknown provider key; did you mean 'region'?"]),
     "Ray 1 key": (
         lambda c: c.update(initial_workers=2),
-        ["initial_workers: not a Ray 2 cluster setting; removed in Ray 2; set min_workers per node type"]),
+        ["initial_workers: not a Ray 2 cluster setting; set min_workers per node type under "
+         "available_node_types"]),
     "fractional GPU resource": (
         lambda c: c["available_node_types"]["gpu_ondemand"]["resources"].update(GPU=0.5),
         ["available_node_types.gpu_ondemand.resources.GPU: expected an integer, got 0.5"]),
