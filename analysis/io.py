@@ -14,6 +14,7 @@ import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -126,7 +127,8 @@ def _read(studies: Sequence[StudyRef], sub: str, schema: pa.Schema, columns: Seq
         except (pa.ArrowInvalid, OSError) as e:
             raise AnalysisError(f"cannot read {study.root}/{sub}: {e}") from e
         if "study" in t.column_names:
-            t = t.set_column(t.column_names.index("study"), "study", pa.array([label] * len(t), pa.string()))
+            const = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(t), np.int32)), pa.array([label]))
+            t = t.set_column(t.column_names.index("study"), "study", const)
         tables.append(t)
     if not tables:
         return None

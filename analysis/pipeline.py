@@ -30,6 +30,7 @@ from analysis.scores import CONVENTIONS, EXCLUDED_METRICS, delta_m_frame, task_d
 from analysis.select import TRIAL_KEYS, best_epochs, epoch_scores, last_epoch_rows, parse_criterion
 
 COMPLETE = "completed"
+TKEY = ["tkey"]
 DEFAULT_REFERENCE = "RLW"
 DEFAULT_DELTA_REFERENCE = "EW"
 
@@ -144,6 +145,8 @@ def analyze(studies: Sequence[StudyRef], options: Options | None = None) -> Anal
     if rows.empty:
         raise AnalysisError("no validation or test rows match the filters; check --problem / --method")
     rows = _problem_labels(rows)
+    # One integer per trial: every large join and filter below works on it, never on strings.
+    rows["tkey"] = rows.groupby(TRIAL_KEYS, observed=True, sort=False).ngroup().astype(np.int64)
     trial_info = _trial_table(rows, read_trials(studies), studies)
     names = sorted(set(trial_info["method"].astype(str)))
     notes: list[str] = []
@@ -166,12 +169,13 @@ def analyze(studies: Sequence[StudyRef], options: Options | None = None) -> Anal
     keep = trial_info if opts.include_incomplete else trial_info[~incomplete]
     if keep.empty:
         raise AnalysisError("every trial is incomplete; rerun with --include-incomplete to analyse them anyway")
-    rows = rows.merge(keep[TRIAL_KEYS], on=TRIAL_KEYS, how="inner")
+    if len(keep) < len(trial_info):
+        rows = rows[rows["tkey"].isin(keep["tkey"].to_numpy())]
 
     # Per problem: Delta_m reference, split to select on, selected epochs.
     selected = []
     for problem, prow in rows.groupby("problem", observed=True, sort=True):
-        present = set(prow["method"].astype(str))
+        present = _values(prow["method"])
         dref = delta_default if delta_default in present else None
         if dref is None:
             fallback = sorted(present, key=str.lower)[0]
@@ -192,9 +196,9 @@ def analyze(studies: Sequence[StudyRef], options: Options | None = None) -> Anal
         ref_vals = None
         kind, _ = parse_criterion(opts.select)
         if kind == "delta_m":
-            ref_rows = last_epoch_rows(sel_rows[(sel_rows["method"] == dref)])
+            ref_rows = last_epoch_rows(sel_rows[(sel_rows["method"] == dref)], TKEY)
             ref_vals = _reference_values(ref_rows)
-        best = best_epochs(epoch_scores(sel_rows, opts.select, ref_vals, opts.convention))
+        best = best_epochs(epoch_scores(sel_rows, opts.select, ref_vals, opts.convention, TKEY), TKEY)
         selected.append(best.assign(problem=str(problem)))
     chosen = pd.concat(selected, ignore_index=True)
     dropped = len(keep) - len(chosen)
@@ -203,12 +207,12 @@ def analyze(studies: Sequence[StudyRef], options: Options | None = None) -> Anal
 
     # Test rows at the selected epochs.
     test = rows[rows["split"] == "test"]
-    missing_test = sorted(set(rows["problem"].astype(str)) - set(test["problem"].astype(str)))
+    missing_test = sorted(_values(rows["problem"]) - _values(test["problem"]))
     for p in missing_test:
         a.note(f"Problem {p} has no test split; its validation metrics are reported instead.")
     if missing_test:
         test = pd.concat([test, rows[(rows["split"] == "val") & rows["problem"].isin(missing_test)]])
-    at = test.merge(chosen[TRIAL_KEYS + ["epoch"]], on=TRIAL_KEYS + ["epoch"], how="inner")
+    at = test.merge(chosen[TKEY + ["epoch"]], on=TKEY + ["epoch"], how="inner")
     a.trials = _score_trials(a, at, keep)
     a.trial_metrics = _str_frame(at, ["study", "trial_id", "problem", "method", "task", "metric"])[
         ["study", "trial_id", "problem", "method", "seed", "epoch", "task", "metric", "value", "higher_is_better"]]
@@ -217,6 +221,11 @@ def analyze(studies: Sequence[StudyRef], options: Options | None = None) -> Anal
     _across_problems(a)
     a.cost = _cost(rows, keep, trial_info)
     return a
+
+
+def _values(col: pd.Series) -> set[str]:
+    """The distinct values of a (large, categorical) column as strings, without a per-row pass in Python."""
+    return {str(v) for v in col.unique()}
 
 
 def _problem_labels(rows: pd.DataFrame) -> pd.DataFrame:
@@ -233,11 +242,9 @@ def _problem_labels(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _trial_table(rows: pd.DataFrame, status: pd.DataFrame, studies: Sequence[StudyRef]) -> pd.DataFrame:
-    info = (rows.groupby(TRIAL_KEYS, observed=True)
-            .agg(problem=("problem", "first"), method=("method", "first"), seed=("seed", "first"),
-                 weighting=("weighting", "first"), method_params=("method_params", "first"),
-                 epochs_seen=("epoch", "max"))
-            .reset_index())
+    first = ~rows["tkey"].duplicated().to_numpy()
+    info = rows.loc[first, ["tkey", "study", "trial_id", "problem", "method", "seed", "weighting", "method_params"]]
+    info = info.merge(rows.groupby("tkey")["epoch"].max().rename("epochs_seen").reset_index(), on="tkey")
     for c in ("problem", "method", "weighting", "method_params", "study", "trial_id"):
         info[c] = info[c].astype(str)
     if len(status):
@@ -309,19 +316,26 @@ def _metric_summary(at: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _paired(a: Analysis, frame: pd.DataFrame, value: str, problem: str, ref: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per method, (x, y) seed-matched values of ``value`` for method and reference in ``problem``."""
-    sub = frame[frame["problem"] == problem]
-    wide = sub.groupby(["seed", "method"])[value].mean().unstack("method")
+def _by_seed(frame: pd.DataFrame, value: str, keys: list[str]) -> dict:
+    """Per group of ``keys``, a seeds x methods table of ``value`` (mean over duplicate seeds)."""
+    if frame.empty:
+        return {}
+    wide = frame.pivot_table(index=keys + ["seed"], columns="method", values=value, aggfunc="mean", observed=True)
+    levels = list(range(len(keys)))
     out = {}
-    if ref not in wide.columns:
-        return out
-    for m in wide.columns:
-        if m == ref:
-            continue
-        pair = wide[[m, ref]].dropna()
-        out[m] = (pair[m].to_numpy(), pair[ref].to_numpy())
+    for k, g in wide.groupby(level=levels, sort=True):
+        out[k[0] if len(keys) == 1 and isinstance(k, tuple) else k] = g.droplevel(levels)
     return out
+
+
+def _against(wide: pd.DataFrame, ref: str, test: str, sign: float = 1.0) -> list[tuple[str, stats.PairedResult]]:
+    """Each method column of a seeds x methods table tested against the ``ref`` column, seed-matched."""
+    cols = [str(c) for c in wide.columns]
+    if ref not in cols:
+        return []
+    arr = sign * wide.to_numpy(dtype=float)
+    j = cols.index(ref)
+    return [(m, stats.paired_test(arr[:, i], arr[:, j], test)) for i, m in enumerate(cols) if m != ref]
 
 
 def _per_problem(a: Analysis, at: pd.DataFrame) -> None:
@@ -351,27 +365,23 @@ def _per_problem(a: Analysis, at: pd.DataFrame) -> None:
 
     # Paired tests over matched seeds against each reference, Holm-corrected across methods per problem.
     tests = []
-    refs = {"litmus": a.reference}
+    seeds = _by_seed(t, "score", ["problem"])
+    runs = {k: g.to_numpy(dtype=float) for k, g in t.groupby(["problem", "method"])["score"]}
     for problem in per["problem"].unique():
-        refs_p = dict(refs, delta=a.delta_reference.get(problem))
-        for role, ref in refs_p.items():
+        for role, ref in (("litmus", a.reference), ("delta", a.delta_reference.get(problem))):
             if ref is None:
                 continue
-            pairs = _paired(a, t, "score", problem, ref)
-            if not pairs:
+            results = _against(seeds.get(problem, pd.DataFrame()), ref, opts.test)
+            if not results:
                 a.note(f"Problem {problem}: the reference {ref} has no trials, so no tests against it.")
                 continue
-            block = []
-            x_all = t[(t["problem"] == problem)]
-            for method, (x, y) in pairs.items():
-                r = stats.paired_test(x, y, opts.test)
-                xs = x_all.loc[x_all["method"] == method, "score"].to_numpy()
-                ys = x_all.loc[x_all["method"] == ref, "score"].to_numpy()
-                block.append({"problem": problem, "role": role, "reference": ref, "method": method, "n_pairs": r.n,
-                              "mean_diff": r.mean_diff, "statistic": r.statistic, "p": r.p, "min_p": r.min_p,
-                              "effect_dz": r.effect, "effect": r.effect_label,
-                              "prob_improvement": stats.prob_improvement(xs, ys), "flag": r.flag})
-            block = pd.DataFrame(block)
+            ys = runs.get((problem, ref), np.empty(0))
+            block = pd.DataFrame([
+                {"problem": problem, "role": role, "reference": ref, "method": method, "n_pairs": r.n,
+                 "mean_diff": r.mean_diff, "statistic": r.statistic, "p": r.p, "min_p": r.min_p,
+                 "effect_dz": r.effect, "effect": r.effect_label,
+                 "prob_improvement": stats.prob_improvement(runs.get((problem, method), np.empty(0)), ys),
+                 "flag": r.flag} for method, r in results])
             block["p_holm"] = stats.holm(block["p"].to_numpy())
             block["verdict"] = [stats.verdict(p, d, opts.alpha) for p, d in zip(block["p_holm"], block["mean_diff"])]
             block["can_reach_alpha"] = block["min_p"] < opts.alpha
@@ -395,6 +405,10 @@ def _per_problem(a: Analysis, at: pd.DataFrame) -> None:
     a.metric_tests = _metric_tests(a, at)
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _seeds_needed(test: str, alpha: float) -> int:
     for n in range(2, 100):
         if stats.min_attainable_p(test, n) < alpha:
@@ -409,22 +423,14 @@ def _metric_tests(a: Analysis, at: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     at = _str_frame(at, ["problem", "task", "metric", "method"])
     at = at[~at["metric"].isin(EXCLUDED_METRICS)]
+    hib = at.groupby(["problem", "task", "metric"])["higher_is_better"].first().to_dict()
     out = []
-    for (problem, task, metric), g in at.groupby(["problem", "task", "metric"]):
-        sign = 1.0 if bool(g["higher_is_better"].iloc[0]) else -1.0
-        wide = g.groupby(["seed", "method"])["value"].mean().unstack("method")
-        if a.reference not in wide.columns:
-            continue
-        block = []
-        for m in wide.columns:
-            if m == a.reference:
-                continue
-            pair = wide[[m, a.reference]].dropna()
-            r = stats.paired_test(sign * pair[m].to_numpy(), sign * pair[a.reference].to_numpy(), a.options.test)
-            block.append({"problem": problem, "task": task, "metric": metric, "method": m, "p": r.p,
-                          "mean_diff": r.mean_diff, "flag": r.flag})
-        if block:
-            block = pd.DataFrame(block)
+    for (problem, task, metric), wide in _by_seed(at, "value", ["problem", "task", "metric"]).items():
+        sign = 1.0 if hib[(problem, task, metric)] else -1.0
+        results = _against(wide, a.reference, a.options.test, sign)
+        if results:
+            block = pd.DataFrame([{"problem": problem, "task": task, "metric": metric, "method": m, "p": r.p,
+                                   "mean_diff": r.mean_diff, "flag": r.flag} for m, r in results])
             block["p_holm"] = stats.holm(block["p"].to_numpy())
             block["verdict"] = [stats.verdict(p, d, a.options.alpha) for p, d in zip(block["p_holm"], block["mean_diff"])]
             out.append(block)
@@ -438,6 +444,8 @@ def _across_problems(a: Analysis) -> None:
     # Overall litmus verdict: paired test over all matched (problem, seed) pairs, Holm across methods.
     overall = []
     if a.reference is not None:
+        lit = a.tests[a.tests["role"] == "litmus"] if len(a.tests) else pd.DataFrame(columns=["method", "prob_improvement"])
+        poi = lit.groupby("method")["prob_improvement"].mean().to_dict()
         wide = t.groupby(["problem", "seed", "method"])["score"].mean().unstack("method")
         for m in wide.columns:
             if m == a.reference:
@@ -447,9 +455,14 @@ def _across_problems(a: Analysis) -> None:
             overall.append({"method": m, "n_pairs": r.n, "n_problems": pair.index.get_level_values(0).nunique(),
                             "mean_diff": r.mean_diff, "p": r.p, "min_p": r.min_p, "effect_dz": r.effect,
                             "effect": r.effect_label, "flag": r.flag,
-                            "prob_improvement": stats.prob_improvement(pair[m].to_numpy(), pair[a.reference].to_numpy())})
+                            # Agarwal et al.: the average over problems of the per-problem probability
+                            "prob_improvement": poi.get(m, math.nan)})
     ov = pd.DataFrame(overall, columns=["method", "n_pairs", "n_problems", "mean_diff", "p", "min_p", "effect_dz",
                                         "effect", "flag", "prob_improvement"])
+    weak = ov[(ov["flag"] == "") & (ov["min_p"] >= opts.alpha)]
+    if len(weak):
+        a.note(f"Overall verdicts: with {int(weak['n_pairs'].max())} matched (problem, seed) pairs the {opts.test} "
+               f"test cannot reach alpha = {opts.alpha:g} (smallest attainable p = {weak['min_p'].min():.3g}).")
     ov["p_holm"] = stats.holm(ov["p"].to_numpy()) if len(ov) else []
     ov["verdict"] = [stats.verdict(p, d, opts.alpha) for p, d in zip(ov["p_holm"], ov["mean_diff"])]
     per = a.per_problem
@@ -491,11 +504,12 @@ def _across_problems(a: Analysis) -> None:
         fr = stats.friedman(full.to_numpy())
         a.friedman[key] = fr
         avg = ranks.mean(axis=0)
-        if fr.flag and not (key == "problems" and len(problems) < 2):
-            a.note(f"Friedman test across {what}: not computed ({fr.flag}; have {fr.n_blocks} blocks, "
-                   f"{fr.k} methods).")
+        if fr.flag:
+            if not (key == "problems" and len(problems) < 2):   # that case has its own note below
+                a.note(f"Friedman test across {what}: not computed ({fr.flag}; have {_n(fr.n_blocks, 'block')}, "
+                       f"{_n(fr.k, 'method')}).")
         elif fr.min_p >= opts.alpha:
-            a.note(f"Friedman test across {what}: with {fr.n_blocks} blocks and {fr.k} methods it cannot reach "
+            a.note(f"Friedman test across {what}: with {_n(fr.n_blocks, 'block')} and {_n(fr.k, 'method')} it cannot reach "
                    f"alpha = {opts.alpha:g} (smallest attainable p = {fr.min_p:.3g}).")
         if fr.n_blocks >= 2 and fr.k >= 3 and not fr.flag:
             a.nemenyi[key] = stats.nemenyi(full.to_numpy(), list(full.columns))
@@ -520,14 +534,12 @@ def _across_problems(a: Analysis) -> None:
 
 def _cost(rows: pd.DataFrame, keep: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
     """Median wall time per epoch and total GPU-hours (and wall-hours) per method, over all trials run."""
-    ep = rows[TRIAL_KEYS + ["epoch", "method", "time_epoch_s", "time_step_s"]].drop_duplicates(TRIAL_KEYS + ["epoch"])
-    ep = _str_frame(ep, ["method"])
+    ep = rows[["tkey", "epoch", "time_epoch_s", "time_step_s"]].drop_duplicates(["tkey", "epoch"])
+    ep = ep.merge(info[["tkey", "method"]], on="tkey")
     med = ep.groupby("method").agg(median_epoch_s=("time_epoch_s", "median"), median_step_s=("time_step_s", "median"))
-    inf = info.copy()
     # Trials without a status row: their wall time is the sum of epoch times.
-    ep_sum = ep.groupby(TRIAL_KEYS)["time_epoch_s"].sum().rename("epoch_sum").reset_index()
-    ep_sum = _str_frame(ep_sum, TRIAL_KEYS)
-    inf = inf.merge(ep_sum, on=TRIAL_KEYS, how="left")
+    ep_sum = ep.groupby("tkey")["time_epoch_s"].sum().rename("epoch_sum").reset_index()
+    inf = info.merge(ep_sum, on="tkey", how="left")
     total = inf["time_total_s"].where(inf["time_total_s"].notna(), inf["epoch_sum"]).fillna(0.0)
     gpus = inf["gpus"].fillna(0.0)
     inf = inf.assign(wall_h=total / 3600.0, gpu_h=total * gpus / 3600.0)

@@ -18,13 +18,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 REF_COLOR = "#d62728"
-# tab10 without its red, which marks the reference method
-COLORS = tuple(c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 3)
+# tab10 then tab20's light shades, without the reds, which mark the reference method: 18 colours
+COLORS = (tuple(c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 3)
+          + tuple(c for i, c in enumerate(plt.get_cmap("tab20").colors) if i % 2 == 1 and i != 7))
 
 
 def _png(fig) -> bytes:
+    # tight_layout once instead of bbox_inches="tight", which draws every figure twice
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
 
@@ -33,37 +36,65 @@ def _color(method: str, methods: Sequence[str]) -> tuple:
     return COLORS[list(methods).index(method) % len(COLORS)]
 
 
+def problem_figure(trials: pd.DataFrame, per_problem: pd.DataFrame, problem: str, methods: Sequence[str],
+                   reference: str | None, label: str, confidence: float) -> bytes | None:
+    """One problem's evidence side by side: mean Delta_m with its bootstrap CI (left) and the
+    distribution of Delta_m over seeds (right)."""
+    sub = per_problem[per_problem["problem"] == problem]
+    n = sub["method"].nunique()
+    if not n:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, max(3.2, 0.42 * n + 1.6)),
+                                      gridspec_kw={"width_ratios": [1, 1.25]})
+    _ci_axes(left, per_problem, problem, methods, reference, label, confidence)
+    _box_axes(right, trials, problem, methods, reference, label)
+    return _png(fig)
+
+
 def delta_m_boxplot(trials: pd.DataFrame, problem: str, methods: Sequence[str], reference: str | None,
                     ylabel: str) -> bytes | None:
     """Box plot of Delta_m over seeds per method, every seed drawn as a dot."""
+    if not (trials["problem"] == problem).any():
+        return None
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * trials["method"].nunique() + 1.5), 3.4))
+    _box_axes(ax, trials, problem, methods, reference, ylabel)
+    return _png(fig)
+
+
+def _box_axes(ax, trials: pd.DataFrame, problem: str, methods: Sequence[str], reference: str | None,
+              ylabel: str) -> None:
     sub = trials[trials["problem"] == problem]
     ms = [m for m in methods if m in set(sub["method"])]
-    if not ms:
-        return None
     data = [sub.loc[sub["method"] == m, "delta_m"].dropna().to_numpy() for m in ms]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(ms) + 1.5), 3.4))
     ax.boxplot(data, showmeans=True, widths=0.5, medianprops={"color": "black"},
                meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black", "markersize": 5})
     rng = np.random.default_rng(0)
     for i, (m, d) in enumerate(zip(ms, data), start=1):
-        ax.scatter(i + rng.uniform(-0.12, 0.12, d.size), d, s=16, zorder=3, color=_color(m, methods), alpha=0.9)
+        color = REF_COLOR if m == reference else _color(m, methods)
+        ax.scatter(i + rng.uniform(-0.12, 0.12, d.size), d, s=16, zorder=3, color=color, alpha=0.9)
     ax.axhline(0.0, color="grey", lw=0.8, ls="--")
     ax.set_xticks(range(1, len(ms) + 1), [_short(m) + (" (ref)" if m == reference else "") for m in ms],
                   rotation=20, ha="right")
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{problem}: Δm over seeds")
+    ax.set_title(f"{problem}: Δm per seed (◇ = mean)")
     ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
 
 
 def ci_plot(per_problem: pd.DataFrame, problem: str, methods: Sequence[str], reference: str | None,
             xlabel: str, confidence: float) -> bytes | None:
     """Mean Delta_m per method with its bootstrap confidence interval (horizontal bars)."""
+    n = int((per_problem["problem"] == problem).sum())
+    if not n:
+        return None
+    fig, ax = plt.subplots(figsize=(6.0, 0.45 * n + 1.2))
+    _ci_axes(ax, per_problem, problem, methods, reference, xlabel, confidence)
+    return _png(fig)
+
+
+def _ci_axes(ax, per_problem: pd.DataFrame, problem: str, methods: Sequence[str], reference: str | None,
+             xlabel: str, confidence: float) -> None:
     sub = per_problem[per_problem["problem"] == problem].set_index("method")
     ms = [m for m in methods if m in sub.index]
-    if not ms:
-        return None
-    fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(ms) + 1.2))
     for i, m in enumerate(ms):
         row = sub.loc[m]
         mean, lo, hi = row["delta_m_mean"], row["delta_m_ci_low"], row["delta_m_ci_high"]
@@ -75,9 +106,8 @@ def ci_plot(per_problem: pd.DataFrame, problem: str, methods: Sequence[str], ref
     ax.set_yticks(range(len(ms)), [_short(m) + (" (ref)" if m == reference else "") for m in ms])
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
-    ax.set_title(f"{problem}: mean Δm and {confidence:.0%} bootstrap CI over seeds")
+    ax.set_title(f"{problem}: mean Δm, {confidence:.0%} bootstrap CI")
     ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
 
 
 def cd_diagram(ranks: Mapping[str, float], cd: float, groups: Sequence[Sequence[str]], title: str) -> bytes | None:
@@ -127,19 +157,15 @@ def pareto_scatter(trials_metrics: pd.DataFrame, problem: str, methods: Sequence
                    reference: str | None) -> bytes | None:
     """Two-task problems: each seed's first test metric of task 1 vs task 2, method means as large
     markers, and the Pareto front of the means."""
-    sub = trials_metrics[trials_metrics["problem"] == problem]
+    sub = trials_metrics[(trials_metrics["problem"] == problem) & (trials_metrics["metric"] != "loss")]
     tasks = list(dict.fromkeys(sub["task"]))
     if len(tasks) != 2:
         return None
-    firsts = []
-    for t in tasks:
-        first = sub.loc[sub["task"] == t, "metric"].iloc[0]
-        firsts.append((t, first, bool(sub.loc[(sub["task"] == t) & (sub["metric"] == first), "higher_is_better"].iloc[0])))
-    wide = {}
-    for t, metric, _ in firsts:
-        s = sub[(sub["task"] == t) & (sub["metric"] == metric)]
-        wide[t] = s.set_index(["method", "seed"])["value"]
-    df = pd.DataFrame(wide).dropna()
+    # Each task's first metric, in the order the rows list them.
+    heads = sub.drop_duplicates("task")
+    firsts = [(r.task, r.metric, bool(r.higher_is_better)) for r in heads.itertuples(index=False)]
+    pick = sub.merge(heads[["task", "metric"]], on=["task", "metric"])
+    df = pick.pivot_table(index=["method", "seed"], columns="task", values="value", aggfunc="mean")[tasks].dropna()
     if df.empty:
         return None
     fig, ax = plt.subplots(figsize=(5.6, 4.4))

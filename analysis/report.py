@@ -124,14 +124,11 @@ def build(a: Analysis) -> list[Block]:
                              "the method beats a run of the reference (Agarwal et al., 2021); min p: the "
                              "smallest p-value the test can give with this many seeds.")))
         ylabel = f"{dm_label}, positive = {'worse' if o.convention == 'all-metrics' else 'better'}"
-        fig = plots.ci_plot(a.per_problem, problem, a.methods, ref, ylabel, o.confidence)
+        fig = plots.problem_figure(a.trials, a.per_problem, problem, a.methods, ref, ylabel, o.confidence)
         if fig:
-            b.append(Block("figure", f"{problem}: mean Δm with {o.confidence:.0%} bootstrap CI over seeds.",
-                           png=fig, name=f"ci_{_slug(problem)}.png"))
-        fig = plots.delta_m_boxplot(a.trials, problem, a.methods, ref, ylabel)
-        if fig:
-            b.append(Block("figure", f"{problem}: Δm per seed (dots), box = quartiles, ◇ = mean.",
-                           png=fig, name=f"box_{_slug(problem)}.png"))
+            b.append(Block("figure", (f"{problem}: left, mean Δm with its {o.confidence:.0%} bootstrap CI over "
+                                      "seeds; right, Δm of every seed (dots), box = quartiles, ◇ = mean."),
+                           png=fig, name=f"problem_{_slug(problem)}.png"))
         fig = plots.pareto_scatter(a.trial_metrics, problem, a.methods, ref)
         if fig:
             b.append(Block("figure", f"{problem}: two-task trade-off at the selected epochs.",
@@ -224,35 +221,34 @@ def _distribution_families(a: Analysis) -> dict[str, str]:
 
 
 def paper_table(a: Analysis, problem: str, dm_label: str) -> pd.DataFrame:
+    """The paper's table layout: per task metric mean ± std, average metric, Δm, CI, rank, seeds."""
     m = a.metrics[(a.metrics["problem"] == problem) & ~a.metrics["metric"].isin(EXCLUDED_METRICS)]
     per = a.per_problem[a.per_problem["problem"] == problem].set_index("method")
+    cells = {(r.method, r.task, r.metric): (r.mean, r.std) for r in m.itertuples(index=False)}
+    hib = {(r.task, r.metric): bool(r.higher_is_better) for r in m.itertuples(index=False)}
+    digits = {k: metric_digits(g["mean"]) for k, g in m.groupby(["task", "metric"], sort=False)}
+    marks = {}
     mt = a.metric_tests
+    if len(mt):
+        for r in mt[mt["problem"] == problem].itertuples(index=False):
+            marks[(r.method, r.task, r.metric)] = marker(r.verdict)
     cols = list(dict.fromkeys(zip(m["task"], m["metric"])))
+    ci_head = "95% CI" if a.options.confidence == 0.95 else f"{a.options.confidence:.0%} CI"
     rows = []
     for method in [x for x in a.methods if x in per.index]:
         row = {"method": method + (" (ref)" if method == a.reference else "")}
         for task, metric in cols:
-            r = m[(m["method"] == method) & (m["task"] == task) & (m["metric"] == metric)]
-            hib = bool(m.loc[(m["task"] == task) & (m["metric"] == metric), "higher_is_better"].iloc[0])
-            head = f"{task} {metric} {'↑' if hib else '↓'}"
-            if r.empty:
-                row[head] = "–"
-                continue
-            digits = metric_digits(m.loc[(m["task"] == task) & (m["metric"] == metric), "mean"])
-            v = ""
-            if len(mt):
-                hit = mt[(mt["problem"] == problem) & (mt["task"] == task) & (mt["metric"] == metric) &
-                         (mt["method"] == method)]
-                v = marker(hit["verdict"].iloc[0]) if len(hit) else ""
-            row[head] = pm(r["mean"].iloc[0], r["std"].iloc[0], digits) + v
+            head = f"{task} {metric} {'↑' if hib[(task, metric)] else '↓'}"
+            cell = cells.get((method, task, metric))
+            row[head] = "–" if cell is None else (pm(cell[0], cell[1], digits[(task, metric)])
+                                                  + marks.get((method, task, metric), ""))
         pr = per.loc[method]
         if np.isfinite(pr.get("avg_metric_mean", math.nan)):
-            metric_name = m["metric"].iloc[0]
-            row[f"avg {metric_name} ↑" if bool(m["higher_is_better"].iloc[0]) else f"avg {metric_name} ↓"] = \
-                pm(pr["avg_metric_mean"], pr["avg_metric_std"], metric_digits(per["avg_metric_mean"]))
+            name = m["metric"].iloc[0]
+            head = f"avg {name} {'↑' if bool(m['higher_is_better'].iloc[0]) else '↓'}"
+            row[head] = pm(pr["avg_metric_mean"], pr["avg_metric_std"], metric_digits(per["avg_metric_mean"]))
         row[dm_label] = pm(pr["delta_m_mean"], pr["delta_m_std"]) + marker(pr.get("verdict"))
-        row["95% CI" if a.options.confidence == 0.95 else f"{a.options.confidence:.0%} CI"] = (
-            f"[{fmt(pr['delta_m_ci_low'])}, {fmt(pr['delta_m_ci_high'])}]")
+        row[ci_head] = f"[{fmt(pr['delta_m_ci_low'])}, {fmt(pr['delta_m_ci_high'])}]"
         row["rank"] = fmt(pr.get("metric_rank", math.nan))
         row["seeds"] = int(pr["n_seeds"])
         rows.append(row)

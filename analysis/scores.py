@@ -50,14 +50,36 @@ def delta_m(values: Sequence[float], reference: Sequence[float], higher_is_bette
     raise ValueError(f"convention must be one of {sorted(CONVENTIONS)}, got {convention!r}")
 
 
+def lookup(frame: pd.DataFrame, keys: list[str], table: pd.DataFrame, column: str) -> np.ndarray:
+    """``table[column]`` for each row of ``frame``, matched on ``keys`` (NaN where absent).
+
+    Vectorised for large categorical frames: the few distinct key combinations are matched as strings,
+    then broadcast to the rows through group numbers.
+    """
+    if frame.empty:
+        return np.empty(0)
+    ids = frame.groupby(keys, observed=True, sort=False, dropna=False).ngroup().to_numpy()
+    first = ~pd.Series(ids).duplicated().to_numpy()
+    combos = frame.loc[first, keys].copy()
+    combos["_id"] = ids[first]
+    for k in keys:
+        combos[k] = combos[k].astype(str)
+    t = table[keys + [column]].copy()
+    for k in keys:
+        t[k] = t[k].astype(str)
+    matched = combos.merge(t, on=keys, how="left").drop_duplicates("_id")
+    values = np.full(int(ids.max()) + 1, np.nan)
+    values[matched["_id"].to_numpy()] = matched[column].to_numpy(dtype=float)
+    return values[ids]
+
+
 def relative_change(frame: pd.DataFrame, reference: pd.DataFrame, what: str = "reference") -> pd.Series:
     """Signed relative change (%) of each row of ``frame`` against ``reference``, positive = better.
 
     ``frame`` has columns problem, task, metric, value, higher_is_better; ``reference`` has problem,
     task, metric, ref. Rows whose reference is missing get NaN; a zero reference raises.
     """
-    ref = frame[["problem", "task", "metric"]].merge(reference, on=["problem", "task", "metric"], how="left")["ref"]
-    ref = ref.to_numpy(dtype=float)
+    ref = lookup(frame, ["problem", "task", "metric"], reference, "ref")
     zero = ref == 0
     if zero.any():
         i = int(np.flatnonzero(zero)[0])

@@ -32,17 +32,19 @@ def parse_criterion(text: str) -> tuple[str, str | None]:
     raise AnalysisError(f"--select must be delta_m, last or metric:NAME (e.g. metric:accuracy), got {text!r}")
 
 
-def last_epoch_rows(rows: pd.DataFrame) -> pd.DataFrame:
+def last_epoch_rows(rows: pd.DataFrame, trial_keys: list[str] = TRIAL_KEYS) -> pd.DataFrame:
     """The rows of each trial's last epoch."""
-    last = rows.groupby(TRIAL_KEYS, observed=True)["epoch"].transform("max")
+    last = rows.groupby(trial_keys, observed=True)["epoch"].transform("max")
     return rows[rows["epoch"].to_numpy() == last.to_numpy()]
 
 
 def epoch_scores(rows: pd.DataFrame, criterion: str, reference: pd.DataFrame | None = None,
-                 convention: str = "per-task") -> pd.DataFrame:
-    """A score per (trial, epoch), higher is better; ``rows`` are the split selected on."""
+                 convention: str = "per-task", trial_keys: list[str] = TRIAL_KEYS) -> pd.DataFrame:
+    """A score per (trial, epoch), higher is better; ``rows`` are the split selected on.
+
+    ``trial_keys`` name the columns that identify a trial (the pipeline uses one integer key)."""
     kind, name = parse_criterion(criterion)
-    keys = TRIAL_KEYS + ["epoch"]
+    keys = list(trial_keys) + ["epoch"]
     if kind == "last":
         out = rows[keys].drop_duplicates()
         return out.assign(score=out["epoch"].astype(float))
@@ -65,9 +67,10 @@ def epoch_scores(rows: pd.DataFrame, criterion: str, reference: pd.DataFrame | N
     return work.groupby(keys, observed=True, sort=False)["score"].mean().reset_index()
 
 
-def best_epochs(scores: pd.DataFrame) -> pd.DataFrame:
+def best_epochs(scores: pd.DataFrame, trial_keys: list[str] = TRIAL_KEYS) -> pd.DataFrame:
     """Per trial, the epoch with the highest finite score (earliest on ties); trials with none are dropped."""
+    keys = list(trial_keys)
     finite = scores[np.isfinite(scores["score"].to_numpy(dtype=float))]
-    finite = finite.sort_values(TRIAL_KEYS + ["epoch"], kind="stable")
-    idx = finite.groupby(TRIAL_KEYS, observed=True, sort=False)["score"].idxmax()
-    return finite.loc[idx.to_numpy(), TRIAL_KEYS + ["epoch", "score"]].reset_index(drop=True)
+    finite = finite.sort_values(keys + ["epoch"], kind="stable")
+    idx = finite.groupby(keys, observed=True, sort=False)["score"].idxmax()
+    return finite.loc[idx.to_numpy(), keys + ["epoch", "score"]].reset_index(drop=True)

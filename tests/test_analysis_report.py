@@ -42,7 +42,7 @@ def test_outputs_written(demo_report):
     per = pd.read_parquet(demo_report / "tables" / "per_problem.parquet")
     assert set(per["method"]) == set(DEMO_METHODS) and (per["n_seeds"] == 3).all()
     figs = os.listdir(demo_report / "figures")
-    assert {"ci_multidigits.png", "box_multidigits.png", "pareto_multidigits.png", "distributions.png"} <= set(figs)
+    assert {"problem_multidigits.png", "pareto_multidigits.png", "distributions.png"} <= set(figs)
 
 
 def test_markdown_states_convention_limits_and_verdicts(demo_report):
@@ -59,7 +59,7 @@ def test_markdown_states_convention_limits_and_verdicts(demo_report):
 
 def test_html_is_self_contained(demo_report):
     html = (demo_report / "report.html").read_text()
-    assert html.count('src="data:image/png;base64,') >= 4
+    assert html.count('src="data:image/png;base64,') >= 3
     # Nothing fetched from anywhere: no external src/href, no @import, no scripts.
     assert not re.search(r'(src|href)\s*=\s*"(?!data:)', html)
     assert "@import" not in html and "<script" not in html and "<link" not in html
