@@ -8,10 +8,11 @@ analysed, not with what is stored.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,11 +100,43 @@ def _and(*exprs):
     return out
 
 
-def _dataset(study: StudyRef, sub: str, schema: pa.Schema) -> ds.Dataset | None:
+#: result files read per scan: reading many small Parquet files leaves ~75 KB of freed heap per file
+#: that glibc keeps until trimmed, so large studies are scanned in groups with a trim in between
+FILES_PER_SCAN = 256
+
+
+def release_memory() -> None:
+    """Give freed heap pages back to the OS (glibc ``malloc_trim``); a no-op elsewhere."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
+
+
+def _dictionary_schema(schema: pa.Schema) -> tuple[pa.Schema, list[str]]:
+    strings = [f.name for f in schema if pa.types.is_string(f.type)]
+    fields = [pa.field(f.name, pa.dictionary(pa.int32(), pa.string())) if f.name in strings else f for f in schema]
+    return pa.schema(fields), strings
+
+
+def _dataset(study: StudyRef, sub: str, schema: pa.Schema, files: Sequence[str] | None = None) -> ds.Dataset | None:
+    """The Parquet files of one study folder (or the given ``files`` of it), string columns decoded
+    straight to dictionary arrays: a study repeats a handful of labels a million times."""
+    dict_schema, strings = _dictionary_schema(schema)
+    fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=strings))
+    if files is not None:
+        return ds.dataset(list(files), format=fmt, filesystem=study.filesystem, schema=dict_schema) if files else None
     folder = f"{study.root}/{sub}"
     if study.filesystem.get_file_info(folder).type != pafs.FileType.Directory:
         return None
-    d = ds.dataset(folder, format="parquet", filesystem=study.filesystem, schema=schema,
+    d = ds.dataset(folder, format=fmt, filesystem=study.filesystem, schema=dict_schema,
                    ignore_prefixes=[".", "_"])
     return d if d.files else None
 
@@ -114,18 +147,27 @@ def study_labels(studies: Sequence[StudyRef]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}@{s.root}" for n, s in zip(names, studies)]
 
 
-def _read(studies: Sequence[StudyRef], sub: str, schema: pa.Schema, columns: Sequence[str], flt) -> pa.Table | None:
+def _read(studies: Sequence[StudyRef], sub: str, schema: pa.Schema, columns: Sequence[str], flt,
+          files: Mapping[str, Sequence[str]] | None = None) -> pa.Table | None:
     """Rows of every study, each study's ``study`` column set to its label (folders are the truth:
     a study copied or renamed keeps its rows, and two studies never share a trial key)."""
     tables = []
     for study, label in zip(studies, study_labels(studies)):
-        data = _dataset(study, sub, schema)
+        if files is not None and label not in files:
+            continue
+        data = _dataset(study, sub, schema, None if files is None else files[label])
         if data is None:
             continue
-        try:
-            t = data.to_table(columns=list(columns), filter=flt)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise AnalysisError(f"cannot read {study.root}/{sub}: {e}") from e
+        paths = list(data.files)
+        parts = []
+        for i in range(0, len(paths), FILES_PER_SCAN):
+            group = data if len(paths) <= FILES_PER_SCAN else _dataset(study, sub, schema, paths[i:i + FILES_PER_SCAN])
+            try:
+                parts.append(group.to_table(columns=list(columns), filter=flt).combine_chunks())
+            except (pa.ArrowInvalid, OSError) as e:
+                raise AnalysisError(f"cannot read {study.root}/{sub}: {e}") from e
+            release_memory()
+        t = pa.concat_tables(parts)
         if "study" in t.column_names:
             const = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(t), np.int32)), pa.array([label]))
             t = t.set_column(t.column_names.index("study"), "study", const)
@@ -137,14 +179,64 @@ def _read(studies: Sequence[StudyRef], sub: str, schema: pa.Schema, columns: Seq
 
 def read_results(studies: Sequence[StudyRef], *, problems: Iterable[str] | None = None,
                  methods: Iterable[str] | None = None, splits: Iterable[str] | None = None,
-                 columns: Sequence[str] = RESULT_COLUMNS) -> pd.DataFrame:
-    """Tidy metric rows of ``studies``, filtered before loading; string columns come back categorical."""
+                 columns: Sequence[str] = RESULT_COLUMNS,
+                 files: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
+    """Tidy metric rows of ``studies``, filtered before loading; string columns come back categorical.
+
+    ``files`` (study label -> result file paths, from :func:`plan_by_problem`) restricts the scan.
+    """
     flt = _and(_isin("problem", problems), _isin("method", methods), _isin("split", splits))
-    table = _read(studies, RESULTS_DIR, RESULT_SCHEMA, columns, flt)
+    table = _read(studies, RESULTS_DIR, RESULT_SCHEMA, columns, flt, files)
     if table is None:
+        if files is not None:
+            return _to_frame(pa.table({c: pa.array([], RESULT_SCHEMA.field(c).type) for c in columns}))
         raise AnalysisError(f"no result files under {', '.join(s.root + '/' + RESULTS_DIR for s in studies)}; "
                             "has any trial finished an epoch?")
     return _to_frame(table)
+
+
+@dataclass
+class Plan:
+    """Which result files hold which problem, and the (problem, method) pairs they contain."""
+
+    files: dict[str, dict[str, list[str]]]      # problem -> study label -> file paths
+    pairs: set[tuple[str, str]]                 # (problem, method)
+
+
+def plan_by_problem(studies: Sequence[StudyRef], trials: pd.DataFrame, *, problems: Iterable[str] | None = None,
+                    methods: Iterable[str] | None = None) -> Plan:
+    """Group each study's result files by problem so that every problem is read in one scan of its
+    own files only, each file opened once.
+
+    A trial's file is ``results/part-TRIAL.parquet`` (the contract in :mod:`analysis.schema`); its
+    problem and method come from the trial's status row. Files without a status row (a trial still
+    running, a lost status file) are opened to find out.
+    """
+    problems = None if problems is None else set(problems)
+    methods = None if methods is None else set(methods)
+    files: dict[str, dict[str, dict[str, None]]] = {}
+    pairs: set[tuple[str, str]] = set()
+    known: dict[tuple[str, str], tuple[str, str]] = {}
+    if len(trials):
+        for r in trials[["study", "trial_id", "problem", "method"]].astype(str).itertuples(index=False):
+            known[(r.study, f"part-{r.trial_id}.parquet")] = (r.problem, r.method)
+    for study, label in zip(studies, study_labels(studies)):
+        data = _dataset(study, RESULTS_DIR, RESULT_SCHEMA)
+        if data is None:
+            continue
+        for path in data.files:
+            hit = known.get((label, posixpath.basename(path)))
+            if hit is not None:
+                found = {hit}
+            else:
+                t = _dataset(study, RESULTS_DIR, RESULT_SCHEMA, [path]).to_table(columns=["problem", "method"])
+                found = {(str(p), str(m)) for p, m in t.to_pandas().drop_duplicates().itertuples(index=False)}
+            for problem, method in found:
+                if (problems is not None and problem not in problems) or (methods is not None and method not in methods):
+                    continue
+                pairs.add((problem, method))
+                files.setdefault(problem, {}).setdefault(label, {})[path] = None
+    return Plan({p: {k: list(v) for k, v in by.items()} for p, by in files.items()}, pairs)
 
 
 def read_trials(studies: Sequence[StudyRef]) -> pd.DataFrame:
@@ -157,7 +249,7 @@ def read_trials(studies: Sequence[StudyRef]) -> pd.DataFrame:
 
 
 def _to_frame(table: pa.Table) -> pd.DataFrame:
-    # Dictionary-encode strings in Arrow: a categorical column costs one small int per row.
+    # Strings stay dictionary-encoded: a categorical column costs one small int per row.
     arrays = []
     for col in table.columns:
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):

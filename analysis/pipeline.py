@@ -25,7 +25,8 @@ import pandas as pd
 
 from analysis import stats
 from analysis.errors import AnalysisError
-from analysis.io import StudyRef, read_results, read_trials, study_labels
+from analysis.io import StudyRef, plan_by_problem, read_results, read_trials, release_memory, study_labels
+from analysis.schema import RESULTS_DIR
 from analysis.scores import CONVENTIONS, EXCLUDED_METRICS, delta_m_frame, task_delta_frame
 from analysis.select import TRIAL_KEYS, best_epochs, epoch_scores, last_epoch_rows, parse_criterion
 
@@ -139,16 +140,21 @@ def resolve_reference(requested: str | None, default: str, names: Sequence[str],
 
 # ---------------------------------------------------------------------------------------------- main
 def analyze(studies: Sequence[StudyRef], options: Options | None = None) -> Analysis:
+    """Read, select, score and test ``studies``; see the module docstring for the units of analysis.
+
+    Memory is bounded by the largest problem: the metric rows are read one problem at a time (filtered
+    in the Parquet scan), reduced to each trial's selected epoch and per-epoch timings, and dropped.
+    """
     opts = options or Options()
     opts.validate()
-    rows = read_results(studies, problems=opts.problems, methods=opts.methods, splits=("val", "test"))
-    if rows.empty:
-        raise AnalysisError("no validation or test rows match the filters; check --problem / --method")
-    rows = _problem_labels(rows)
-    # One integer per trial: every large join and filter below works on it, never on strings.
-    rows["tkey"] = rows.groupby(TRIAL_KEYS, observed=True, sort=False).ngroup().astype(np.int64)
-    trial_info = _trial_table(rows, read_trials(studies), studies)
-    names = sorted(set(trial_info["method"].astype(str)))
+    status = read_trials(studies)
+    plan = plan_by_problem(studies, status, problems=opts.problems, methods=opts.methods)
+    if not plan.pairs:
+        if not any(s.filesystem.get_file_info(f"{s.root}/{RESULTS_DIR}").type.name == "Directory" for s in studies):
+            raise AnalysisError(f"no result files under {', '.join(s.root + '/' + RESULTS_DIR for s in studies)}; "
+                                "has any trial finished an epoch?")
+        raise AnalysisError("no results match the filters; check --problem / --method")
+    names = sorted({m for _, m in plan.pairs})
     notes: list[str] = []
     rlw_like = [m for m in names if m.lower().startswith("rlw") or m.lower().startswith("rgw")]
     reference = resolve_reference(opts.reference, DEFAULT_REFERENCE, names, "litmus reference", "--reference",
@@ -157,6 +163,32 @@ def analyze(studies: Sequence[StudyRef], options: Options | None = None) -> Anal
                                       "--delta-reference", [m for m in names if m.lower() in ("stl", "single-task")]
                                       + sorted(names, key=str.lower), notes)
     a = Analysis(opts, list(studies), reference, {}, notes=notes)
+
+    infos, tests, epochs = [], [], []
+    offset = 0
+    for problem in sorted(plan.files):
+        rows = read_results(studies, problems=[problem], methods=opts.methods, splits=("val", "test"),
+                            files=plan.files[problem])
+        if rows.empty:
+            continue
+        rows = _problem_labels(rows)
+        # One integer per trial: every large join and filter below works on it, never on strings.
+        rows["tkey"] = rows.groupby(TRIAL_KEYS, observed=True, sort=False).ngroup().astype(np.int64) + offset
+        offset = int(rows["tkey"].max()) + 1
+        info = _trial_table(rows, status, studies)
+        infos.append(info)
+        epochs.append(rows[["tkey", "epoch", "time_epoch_s", "time_step_s"]].drop_duplicates(["tkey", "epoch"]))
+        if not opts.include_incomplete:
+            done = info["tkey"][info["status"] == COMPLETE].to_numpy()
+            if len(done) < len(info):
+                rows = rows[rows["tkey"].isin(done)]
+        if len(rows):
+            tests.append(_select(a, rows, delta_default))
+        del rows
+        release_memory()
+    if not infos:
+        raise AnalysisError("no validation or test rows match the filters; check --problem / --method")
+    trial_info = pd.concat(infos, ignore_index=True)
 
     # Trial status: counted and shown; incomplete ones excluded unless asked.
     a.status = (trial_info.groupby(["problem", "method", "status"], observed=True).size()
@@ -169,11 +201,25 @@ def analyze(studies: Sequence[StudyRef], options: Options | None = None) -> Anal
     keep = trial_info if opts.include_incomplete else trial_info[~incomplete]
     if keep.empty:
         raise AnalysisError("every trial is incomplete; rerun with --include-incomplete to analyse them anyway")
-    if len(keep) < len(trial_info):
-        rows = rows[rows["tkey"].isin(keep["tkey"].to_numpy())]
+    at = pd.concat(tests, ignore_index=True)
+    dropped = len(keep) - at["tkey"].nunique()
+    if dropped > 0:
+        a.note(f"{dropped} trials have no finite selection score at any epoch and are left out.")
+    a.trials = _score_trials(a, at, keep)
+    a.trial_metrics = _str_frame(at, ["study", "trial_id", "problem", "method", "task", "metric"])[
+        ["study", "trial_id", "problem", "method", "seed", "epoch", "task", "metric", "value", "higher_is_better"]]
+    a.metrics = _metric_summary(at)
+    _per_problem(a, at)
+    _across_problems(a)
+    a.cost = _cost(pd.concat(epochs, ignore_index=True), trial_info)
+    return a
 
-    # Per problem: Delta_m reference, split to select on, selected epochs.
-    selected = []
+
+def _select(a: Analysis, rows: pd.DataFrame, delta_default: str | None) -> pd.DataFrame:
+    """Select each trial's epoch in ``rows`` (one problem, maybe several architectures) and return the
+    test rows at the selected epochs (validation rows where a problem has no test split)."""
+    opts = a.options
+    out = []
     for problem, prow in rows.groupby("problem", observed=True, sort=True):
         present = _values(prow["method"])
         dref = delta_default if delta_default in present else None
@@ -194,33 +240,16 @@ def analyze(studies: Sequence[StudyRef], options: Options | None = None) -> Anal
                    "so its test scores are optimistic.")
         sel_rows = prow[prow["split"] == split]
         ref_vals = None
-        kind, _ = parse_criterion(opts.select)
-        if kind == "delta_m":
+        if parse_criterion(opts.select)[0] == "delta_m":
             ref_rows = last_epoch_rows(sel_rows[(sel_rows["method"] == dref)], TKEY)
             ref_vals = _reference_values(ref_rows)
         best = best_epochs(epoch_scores(sel_rows, opts.select, ref_vals, opts.convention, TKEY), TKEY)
-        selected.append(best.assign(problem=str(problem)))
-    chosen = pd.concat(selected, ignore_index=True)
-    dropped = len(keep) - len(chosen)
-    if dropped > 0:
-        a.note(f"{dropped} trials have no finite selection score at any epoch and are left out.")
-
-    # Test rows at the selected epochs.
-    test = rows[rows["split"] == "test"]
-    missing_test = sorted(_values(rows["problem"]) - _values(test["problem"]))
-    for p in missing_test:
-        a.note(f"Problem {p} has no test split; its validation metrics are reported instead.")
-    if missing_test:
-        test = pd.concat([test, rows[(rows["split"] == "val") & rows["problem"].isin(missing_test)]])
-    at = test.merge(chosen[TKEY + ["epoch"]], on=TKEY + ["epoch"], how="inner")
-    a.trials = _score_trials(a, at, keep)
-    a.trial_metrics = _str_frame(at, ["study", "trial_id", "problem", "method", "task", "metric"])[
-        ["study", "trial_id", "problem", "method", "seed", "epoch", "task", "metric", "value", "higher_is_better"]]
-    a.metrics = _metric_summary(at)
-    _per_problem(a, at)
-    _across_problems(a)
-    a.cost = _cost(rows, keep, trial_info)
-    return a
+        test = prow[prow["split"] == "test"]
+        if test.empty:
+            a.note(f"Problem {problem} has no test split; its validation metrics are reported instead.")
+            test = prow[prow["split"] == "val"]
+        out.append(test.merge(best[TKEY + ["epoch"]], on=TKEY + ["epoch"], how="inner"))
+    return pd.concat(out, ignore_index=True)
 
 
 def _values(col: pd.Series) -> set[str]:
@@ -532,10 +561,10 @@ def _across_problems(a: Analysis) -> None:
     a.overall = ov
 
 
-def _cost(rows: pd.DataFrame, keep: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
-    """Median wall time per epoch and total GPU-hours (and wall-hours) per method, over all trials run."""
-    ep = rows[["tkey", "epoch", "time_epoch_s", "time_step_s"]].drop_duplicates(["tkey", "epoch"])
-    ep = ep.merge(info[["tkey", "method"]], on="tkey")
+def _cost(epochs: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
+    """Median wall time per epoch and per step, total GPU-hours and wall-hours per method, over every
+    trial run (incomplete ones included: they cost as much)."""
+    ep = epochs.merge(info[["tkey", "method"]], on="tkey")
     med = ep.groupby("method").agg(median_epoch_s=("time_epoch_s", "median"), median_step_s=("time_step_s", "median"))
     # Trials without a status row: their wall time is the sum of epoch times.
     ep_sum = ep.groupby("tkey")["time_epoch_s"].sum().rename("epoch_sum").reset_index()

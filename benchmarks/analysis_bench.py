@@ -3,10 +3,11 @@
     python benchmarks/analysis_bench.py                  # 250k and 1M result rows
     python benchmarks/analysis_bench.py --rows 1000000 --rows 4000000 --keep /tmp/bench
 
-Each size is written once (a study of ``trials`` x ``epochs`` with 10 rows per epoch: train loss for 2
-tasks, val and test accuracy and loss for 2 tasks), then analysed in a fresh subprocess so that its
-peak RSS is the analysis alone. Reported: rows, trials, seconds for ``analyze`` (read, select, score,
-test, rank) and for writing the report (figures included), peak RSS of the subprocess in MiB.
+Each size is written once (a study of ``trials`` x ``epochs`` over 10 problems and 10 methods, 10 rows
+per epoch: train loss for 2 tasks, val and test accuracy and loss for 2 tasks), then analysed in a
+fresh subprocess so that its peak RSS is the analysis alone. Reported: rows, trials, seconds for
+``analyze`` (read, select, score, test, rank) and for writing the report (figures included), and the
+subprocess's peak RSS after its imports, after ``analyze`` and at the end, in MiB.
 """
 
 from __future__ import annotations
@@ -29,14 +30,17 @@ from analysis.io import find_studies
 from analysis.pipeline import Options, analyze
 from analysis import report
 t_import = time.perf_counter() - t0
+rss_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t0 = time.perf_counter()
 a = analyze(find_studies(sys.argv[1]), Options(n_boot=2000))
 t_analyze = time.perf_counter() - t0
+rss_analyze = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t0 = time.perf_counter()
 report.write(a, sys.argv[2])
 t_report = time.perf_counter() - t0
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"import_s": t_import, "analyze_s": t_analyze, "report_s": t_report, "peak_rss_mib": rss,
+                  "rss_import_mib": rss_import, "rss_analyze_mib": rss_analyze,
                   "trials": int(len(a.trials))}))
 """
 
@@ -70,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             r.update(rows=n_rows, write_s=t_write)
             results.append(r)
             print(f"{n_rows:>10,d} rows  {r['trials']:>6,d} trials  analyze {r['analyze_s']:6.2f} s  "
-                  f"report {r['report_s']:6.2f} s  (imports {r['import_s']:.2f} s)  peak RSS {r['peak_rss_mib']:7.1f} MiB"
-                  f"   [data written in {t_write:.1f} s]", flush=True)
+                  f"report {r['report_s']:6.2f} s  (imports {r['import_s']:.2f} s)  peak RSS: after imports "
+                  f"{r['rss_import_mib']:5.0f} MiB, analyze {r['rss_analyze_mib']:5.0f} MiB, report "
+                  f"{r['peak_rss_mib']:5.0f} MiB   [data written in {t_write:.1f} s]", flush=True)
     finally:
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
