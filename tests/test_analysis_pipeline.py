@@ -151,3 +151,31 @@ def test_all_metrics_convention_flips_sign_not_verdicts(demo):
     pb = b.per_problem.set_index("method")["delta_m_mean"]
     assert np.allclose(pb.to_numpy(), -pa_.to_numpy())     # two tasks, one metric each: same magnitude
     assert a.overall.set_index("method")["avg_rank_problems"].equals(b.overall.set_index("method")["avg_rank_problems"])
+
+
+def test_trial_without_status_row_is_read_and_counted(tmp_path):
+    root = write_study(tmp_path, "live", methods=["EW", "RLW"], seeds=2, epochs=2, status="running")
+    (tmp_path / "live" / "trials" / "00004.parquet").unlink()      # RLW seed 1: still running, no status row
+    a = analyze(find_studies(root))
+    st = a.status.set_index(["method", "status"])["trials"]
+    assert st[("RLW", "running")] == 1 and len(a.trials) == 3
+    b = analyze(find_studies(root), Options(include_incomplete=True))
+    assert len(b.trials) == 4
+
+
+def test_several_architectures_become_separate_problems(tmp_path):
+    write_study(tmp_path, "hps", methods=["EW", "RLW"], seeds=2, epochs=2, architecture="hps")
+    write_study(tmp_path, "mtan", methods=["EW", "RLW"], seeds=2, epochs=2, architecture="mtan")
+    a = analyze(find_studies(str(tmp_path)))
+    assert a.problems == ["multidigits/hps", "multidigits/mtan"]
+    assert a.delta_reference == {"multidigits/hps": "EW", "multidigits/mtan": "EW"}
+
+
+def test_study_without_results_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "study.json").write_text('{"name": "empty", "status": "running"}')
+    with pytest.raises(AnalysisError, match="no result files"):
+        analyze(find_studies(str(tmp_path / "empty")))
+    write_study(tmp_path, "s", methods=["EW"], seeds=1, epochs=1)
+    with pytest.raises(AnalysisError, match="no results match the filters"):
+        analyze(find_studies(str(tmp_path / "s")), Options(problems=["nyuv2"]))
