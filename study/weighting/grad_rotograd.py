@@ -41,6 +41,7 @@ class RotoGrad(GradAggregator):
             self._build(self.latent_size)
         self.register_buffer("initial_norms", torch.zeros(num_tasks))
         self._step = 0
+        self._R: list[Tensor] | None = None
 
     def _build(self, D: int) -> None:
         self.latent_size = D
@@ -86,7 +87,10 @@ class RotoGrad(GradAggregator):
             B = rep.shape[0]
             g = grads.detach().view(K, B, self.latent_size, -1)  # gradients at z, per sample
             v = g.mean(0)
-            R = self.rotations()
+            # the rotations built for this step's forward (their exp graph is still alive: the task
+            # backwards only went to z and the heads); recomputing them would double the cost
+            R = getattr(self, "_R", None) or self.rotations()
+            self._R = None
             loss = 0.0
             for k in range(K):
                 g_rot = torch.einsum("ij,bj...->bi...", R[k].detach().to(g.dtype), g[k])  # grad at r_k
