@@ -66,6 +66,27 @@ def test_html_is_self_contained(demo_report):
     assert "<table>" in html and "Litmus verdict" in html
 
 
+def test_html_is_well_formed(demo_report):
+    from html.parser import HTMLParser
+
+    class Balance(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.stack, self.errors = [], []
+
+        def handle_starttag(self, tag, attrs):
+            if tag not in ("meta", "img", "br"):
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            if not self.stack or self.stack.pop() != tag:
+                self.errors.append(tag)
+
+    p = Balance()
+    p.feed((demo_report / "report.html").read_text())
+    assert p.errors == [] and p.stack == []
+
+
 def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert cli.main([str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
