@@ -179,3 +179,10 @@ def test_study_without_results_is_a_clear_error(tmp_path):
     write_study(tmp_path, "s", methods=["EW"], seeds=1, epochs=1)
     with pytest.raises(AnalysisError, match="no results match the filters"):
         analyze(find_studies(str(tmp_path / "s")), Options(problems=["nyuv2"]))
+
+
+def test_uri_paths_go_through_pyarrow_filesystems(tmp_path):
+    write_study(tmp_path, "u", methods=["EW", "RLW"], seeds=2, epochs=2)
+    studies = find_studies(f"file://{tmp_path}/u")
+    assert [s.name for s in studies] == ["u"]
+    assert len(analyze(studies).trials) == 4
