@@ -146,8 +146,8 @@ def build(a: Analysis) -> list[Block]:
         if fr is None:
             continue
         if fr.flag:
-            b.append(Block("p", f"Friedman test across {what}: not computed ({fr.flag}; {fr.n_blocks} blocks, "
-                                f"{fr.k} methods)."))
+            b.append(Block("p", f"Friedman test across {what}: not computed ({fr.flag}; "
+                                f"{_count(fr.n_blocks, 'block')}, {_count(fr.k, 'method')})."))
             continue
         reach = "" if fr.min_p < o.alpha else f" (cannot reach alpha: smallest attainable p = {fmt_p(fr.min_p)})"
         b.append(Block("p", f"Friedman test across {what} ({fr.n_blocks} blocks, {fr.k} methods): "
@@ -197,6 +197,10 @@ def build(a: Analysis) -> list[Block]:
     st.columns.name = None
     b.append(Block("table", table=st))
     return b
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _slug(s: str) -> str:
