@@ -11,6 +11,7 @@ Everything cluster-specific (resources, storage, failures, concurrency) lives he
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -157,12 +158,99 @@ class ResultSink(tune.Callback):
         self._finish(trial, "errored", reason or "the trial raised an error (see its error.txt)")
 
 
+class StateGuard(tune.Callback):
+    """Keeps a last-known-good copy of Ray Tune's experiment state beside it.
+
+    Tune copies its state files (experiment state, searcher state) from a staging folder to the storage
+    folder; a driver killed during that copy leaves them cut short and the study cannot resume. Every
+    ``period_s`` this callback checks that each state file parses and, if all do, copies the set to
+    ``tune/.state-backup/`` (temp file + rename). :func:`recover_state` puts the backup back on resume.
+    """
+
+    PATTERNS = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "tuner.pkl")
+
+    def __init__(self, experiment_dir: str, period_s: float = 2.0):
+        self.experiment_dir = experiment_dir
+        self.period_s = period_s
+        self._last = 0.0
+
+    def on_step_end(self, iteration, trials, **info):
+        now = time.time()
+        if now - self._last >= self.period_s and backup_state(self.experiment_dir):
+            self._last = now  # a failed check (files mid-copy) is retried at the next step
+
+    def on_experiment_end(self, trials, **info):
+        backup_state(self.experiment_dir)
+
+
+def _state_files(experiment_dir: Path) -> list[Path]:
+    return sorted(p for pat in StateGuard.PATTERNS for p in experiment_dir.glob(pat))
+
+
+def _readable(path: Path) -> bool:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if not data:
+        return False
+    try:
+        json.loads(data)  # experiment_state-*.json
+        return True
+    except ValueError:
+        pass
+    try:  # search_gen_state-*.json and *.pkl are pickles (our own storage: trusted, see README)
+        import ray.cloudpickle
+
+        ray.cloudpickle.loads(data)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def backup_state(experiment_dir: str) -> bool:
+    exp = Path(experiment_dir)
+    if "://" in experiment_dir or not exp.is_dir():
+        return False
+    files = _state_files(exp)
+    if not files or not all(_readable(f) for f in files):
+        return False
+    backup = exp / ".state-backup"
+    backup.mkdir(exist_ok=True)
+    for f in files:
+        tmp = backup / f".{f.name}.tmp"
+        tmp.write_bytes(f.read_bytes())
+        os.replace(tmp, backup / f.name)
+    return True
+
+
+def recover_state(experiment_dir: str) -> list[str]:
+    """Replace state files that do not parse by their last good copy; return the names replaced."""
+    exp = Path(experiment_dir)
+    if "://" in experiment_dir or not exp.is_dir():
+        return []
+    replaced = []
+    backup = exp / ".state-backup"
+    for f in _state_files(exp):
+        if _readable(f):
+            continue
+        good = backup / f.name
+        if not good.is_file() or not _readable(good):
+            raise LitmusError(f"cannot resume: Ray Tune's state file {f} is damaged and has no good backup; "
+                              f"start the study again under a new --name")
+        tmp = exp / f".{f.name}.tmp"
+        tmp.write_bytes(good.read_bytes())
+        os.replace(tmp, f)
+        replaced.append(f.name)
+    return replaced
+
+
 class ProgressLine(tune.Callback):
     """One readable line per finished trial instead of Ray's tables."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, already: int = 0):
         self.total = total
-        self.finished = 0
+        self.finished = already
         self.last: dict[str, dict] = {}
         self.t0 = time.time()
 
@@ -247,6 +335,24 @@ def tuner_arguments(spec: StudySpec, configs: list[dict]) -> dict:
     return {"param_space": {"trial": tune.grid_search(configs)}, "tune_config": tc}
 
 
+def finished_trials(uri: str) -> int:
+    """Trials of a study that already ended (for the progress count on --resume)."""
+    import pyarrow.dataset as pads
+
+    from analysis.schema import TRIALS_DIR
+    from study.results import exists, join
+
+    fs, root = resolve_fs(uri)
+    path = join(root, TRIALS_DIR)
+    if not exists(fs, path):
+        return 0
+    try:
+        status = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=["status"]).column("status")
+    except Exception:  # noqa: BLE001 - a count for display only
+        return 0
+    return sum(1 for s in status.to_pylist() if s != "running")
+
+
 def planned_trials(spec: StudySpec) -> int:
     n = len(spec.trial_configs())
     return n * spec.tune["num_samples"] if spec.tune else n
@@ -287,9 +393,11 @@ def run_study(spec: StudySpec, storage: str, *, address: str | None = None, resu
                                               **({"memory": int(resources["memory_gb"] * 2**30)}
                                                  if resources.get("memory_gb") else {})})
     run = spec.run
-    callbacks = [ResultSink(uri), ProgressLine(planned_trials(spec))]
     fs, root = resolve_fs(uri)
     storage_path = uri if "://" in uri else root
+    experiment = storage_path.rstrip("/") + "/tune"
+    already = finished_trials(uri) if resume else 0
+    callbacks = [ResultSink(uri), ProgressLine(planned_trials(spec), already), StateGuard(experiment)]
     run_config = tune.RunConfig(
         name="tune",
         storage_path=storage_path,
@@ -299,7 +407,10 @@ def run_study(spec: StudySpec, storage: str, *, address: str | None = None, resu
         failure_config=tune.FailureConfig(max_failures=int(run.get("max_failures", 1)),
                                           fail_fast=bool(run.get("fail_fast", False))),
     )
-    experiment = storage_path.rstrip("/") + "/tune"
+    if resume:
+        fixed = recover_state(experiment)
+        if fixed:
+            print(f"Ray Tune state was cut short by the crash; restored the last good copy of: {', '.join(fixed)}")
     if resume and not tune.Tuner.can_restore(experiment):
         raise LitmusError(f"cannot resume study {spec.name!r}: no Ray Tune state was saved in {experiment} "
                           f"before the driver stopped; start it again under a new --name")
