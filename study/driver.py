@@ -54,7 +54,8 @@ def trainable(config: dict[str, Any]) -> None:
     def reporter(metrics: dict, state_dict: dict) -> None:
         with tempfile.TemporaryDirectory(prefix="litmus-ckpt-") as d:
             torch.save(state_dict, Path(d) / STATE_FILE)
-            tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**metrics, **where, "reported_at": time.time()},
+                        checkpoint=tune.Checkpoint.from_directory(d))
 
     try:
         train_trial(trial_cfg, reporter, resume_state=state)
@@ -116,7 +117,8 @@ class ResultSink(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         cfg = trial.config["trial"]
         if "node_id" in result:
-            self.where[trial.trial_id] = {"node": str(result["node_id"]), "started_at": float(result["started_at"])}
+            self.where[trial.trial_id] = {"node": str(result["node_id"]), "started_at": float(result["started_at"]),
+                                          "ended_at": float(result.get("reported_at", time.time()))}
         if result.get("litmus_event") == "diverged":
             self.diverged[trial.trial_id] = str(result.get("reason", "diverged"))
             return
@@ -137,8 +139,9 @@ class ResultSink(tune.Callback):
         elapsed = time.time() - self.started.get(trial.trial_id, time.time())
         device = "cuda" if self._gpus(trial) > 0 else "cpu"
         self._w().set_status(trial.trial_id, cfg, status, reason=reason, epochs_done=done, device=device,
-                             gpus=self._gpus(trial), time_total_s=elapsed, ended_at=time.time(),
-                             restarts=self.restarts.get(trial.trial_id, 0), **self.where.get(trial.trial_id, {}))
+                             gpus=self._gpus(trial), time_total_s=elapsed,
+                             restarts=self.restarts.get(trial.trial_id, 0),
+                             **{"ended_at": time.time(), **self.where.get(trial.trial_id, {})})
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.restarts[trial.trial_id] = self.restarts.get(trial.trial_id, 0) + 1
