@@ -57,6 +57,7 @@ class StudySpec:
     source: str | None = None
     tune: dict | None = None
     scheduler: dict | None = None
+    method_train: list[dict] = field(default_factory=list)  # per-method `train` overrides, by method index
 
     @property
     def spec_hash(self) -> str:
@@ -72,7 +73,8 @@ class StudySpec:
             train = {**PROBLEMS.get(prob["name"]).defaults, **self.train}
             for arch in self.architectures:
                 aparams = {k: v for k, v in arch.items() if k != "name"}
-                for method in self.methods:
+                for j, method in enumerate(self.methods):
+                    mtrain = self.method_train[j] if j < len(self.method_train) else {}
                     for seed in self.seeds:
                         out.append({
                             "study": self.name,
@@ -83,7 +85,7 @@ class StudySpec:
                             "architecture_params": copy.deepcopy(aparams),
                             "method": copy.deepcopy(method),
                             "seed": seed,
-                            "train": copy.deepcopy(train),
+                            "train": copy.deepcopy({**train, **mtrain}),
                         })
         return out
 
@@ -218,7 +220,15 @@ def parse_spec(raw: dict, *, default_name: str = "study", check_data: bool = Tru
         raise SpecError("methods", f"expected a list, got {type(methods_raw).__name__}")
     if not methods_raw:
         raise SpecError("methods", "the grid is empty; list at least one method, e.g. [ew, rlw]")
-    methods = [normalize_method(m, f"methods[{i}]") for i, m in enumerate(methods_raw)]
+    # a method entry may carry `train: {...}`: training settings for that method only (e.g. its tuned lr)
+    method_train: list[dict] = []
+    for i, m in enumerate(methods_raw):
+        mtrain = m.get("train") if isinstance(m, dict) else None
+        if mtrain is not None:
+            check_train(mtrain, f"methods[{i}].train")
+        method_train.append(dict(mtrain or {}))
+    methods = [normalize_method({k: v for k, v in m.items() if k != "train"} if isinstance(m, dict) else m,
+                                f"methods[{i}]") for i, m in enumerate(methods_raw)]
     labels: dict[str, int] = {}
     for i, m in enumerate(methods):
         if m["label"].lower() in labels:
@@ -275,6 +285,7 @@ def parse_spec(raw: dict, *, default_name: str = "study", check_data: bool = Tru
     spec = StudySpec(
         name=name, description=description, problems=problems, architectures=archs, methods=methods,
         seeds=seeds, train=dict(train), resources=dict(resources), run=dict(run), raw=copy.deepcopy(raw),
+        method_train=method_train,
     )
     from study.search import parse_scheduler, parse_tune
 
