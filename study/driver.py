@@ -35,10 +35,12 @@ def trainable(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: one trial, checkpointed every epoch, resumable."""
     import torch
 
+    from study import datacache
     from study.training import train_trial
 
     import ray
 
+    datacache.configure_from_env()  # reuse loaded data across this process's trials and the node's
     trial_cfg = config["trial"]
     where = {"node_id": ray.get_runtime_context().get_node_id(), "started_at": time.time()}
     resources = tune.get_context().get_trial_resources()
@@ -111,8 +113,19 @@ class ResultSink(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started.setdefault(trial.trial_id, time.time())
         cfg = trial.config["trial"]
+        self._supersede_restarted(trial.trial_id, cfg)
         self._w().set_status(trial.trial_id, cfg, "running", epochs_done=self._w().epochs_done(trial.trial_id),
                              gpus=self._gpus(trial))
+
+    def _supersede_restarted(self, trial_id: str, cfg: dict) -> None:
+        """``--retry-errored`` restarts an errored trial under a new id: its old rows leave the dataset."""
+        if getattr(self, "_known", None) is None:
+            self._known = self._w().statuses()
+        key = json.dumps(cfg, sort_keys=True, default=str)
+        for old_id, (status, config) in list(self._known.items()):
+            if old_id != trial_id and status == "errored" and config == key:
+                self._w().supersede(old_id, by=trial_id)
+                del self._known[old_id]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         cfg = trial.config["trial"]
@@ -151,10 +164,11 @@ class ResultSink(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         reason = ""
-        try:
-            err = trial.get_error()
+        try:  # the error file is written locally first and synced to storage later
+            local = getattr(trial, "error_file", None)
+            err = Path(local).read_text() if local and Path(local).is_file() else trial.get_error()
             if err:
-                lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+                lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
                 reason = lines[-1] if lines else ""
         except Exception:  # noqa: BLE001
             pass
@@ -329,12 +343,13 @@ def tuner_arguments(spec: StudySpec, configs: list[dict]) -> dict:
     epochs = max(int(c["train"]["epochs"]) for c in configs)
     scheduler = make_scheduler(spec.scheduler, epochs, metric, mode, spec.tune)
     max_concurrent = spec.run.get("max_concurrent")
+    reuse = bool(spec.run.get("reuse_actors", True))  # one worker process serves many trials
     if spec.tune:
         searcher = make_searcher(spec.tune, configs)
         return {"param_space": {}, "tune_config": tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=len(configs) * spec.tune["num_samples"],
-            reuse_actors=True, max_concurrent_trials=max_concurrent)}
-    tc = tune.TuneConfig(scheduler=scheduler, reuse_actors=True, max_concurrent_trials=max_concurrent)
+            reuse_actors=reuse, max_concurrent_trials=max_concurrent)}
+    tc = tune.TuneConfig(scheduler=scheduler, reuse_actors=reuse, max_concurrent_trials=max_concurrent)
     return {"param_space": {"trial": tune.grid_search(configs)}, "tune_config": tc}
 
 

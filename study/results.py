@@ -264,6 +264,27 @@ class StudyWriter:
         }
         write_table_atomic(self.fs, self.status_path(trial_id), pa.Table.from_pylist([row], schema=TRIAL_SCHEMA))
 
+    def statuses(self) -> dict[str, tuple[str, str]]:
+        """``trial_id -> (status, config JSON)`` of every trial recorded so far."""
+        path = join(self.root, TRIALS_DIR)
+        if not exists(self.fs, path):
+            return {}
+        import pyarrow.dataset as pads
+
+        table = pads.dataset(path, filesystem=self.fs, format="parquet").to_table(
+            columns=["trial_id", "status", "config"])
+        return {t: (s, c) for t, s, c in zip(*(table.column(n).to_pylist() for n in ("trial_id", "status", "config")))}
+
+    def supersede(self, trial_id: str, by: str) -> None:
+        """Move a trial restarted from scratch (under a new id) out of the dataset, keeping its files."""
+        for path, sub in ((self.part_path(trial_id), RESULTS_DIR), (self.status_path(trial_id), TRIALS_DIR)):
+            if exists(self.fs, path):
+                dest_dir = join(self.root, sub, "_superseded")
+                self.fs.create_dir(dest_dir, recursive=True)
+                self.fs.move(path, join(dest_dir, PurePosixPath(path).name))
+        write_bytes_atomic(self.fs, join(self.root, TRIALS_DIR, "_superseded", f"{trial_id}.by"), by.encode())
+        self._rows.pop(trial_id, None)
+
     def epochs_done(self, trial_id: str) -> int:
         by_epoch = self._rows.get(trial_id)
         if by_epoch is None:

@@ -39,7 +39,7 @@ TRAIN_KEYS = {
     "nan_check_every", "grad_clip", "amp", "channels_last",
 }
 RESOURCE_KEYS = {"cpu", "gpu", "memory_gb"}
-RUN_KEYS = {"max_failures", "max_concurrent", "fail_fast", "checkpoint_every"}
+RUN_KEYS = {"max_failures", "max_concurrent", "fail_fast", "checkpoint_every", "reuse_actors"}
 
 
 @dataclass
@@ -192,8 +192,6 @@ def parse_spec(raw: dict, *, default_name: str = "study", check_data: bool = Tru
         cls = PROBLEMS.get(prob["name"], f"{key}.name")
         prob["name"] = cls.name
         obj = instantiate(cls, {k: v for k, v in prob.items() if k != "name"}, key)
-        if check_data:
-            obj.check()
         problem_objs.append(obj)
 
     # architectures
@@ -281,6 +279,8 @@ def parse_spec(raw: dict, *, default_name: str = "study", check_data: bool = Tru
         raise SpecError(f"run.{bad[0]}", f"unknown run setting; valid: {', '.join(sorted(RUN_KEYS))}")
     _number(run, "max_failures", "run.max_failures", kind=int, low=0)
     _number(run, "max_concurrent", "run.max_concurrent", kind=int, low=1, allow_none=True)
+    if "reuse_actors" in run and not isinstance(run["reuse_actors"], bool):
+        raise SpecError("run.reuse_actors", f"expected true or false, got {run['reuse_actors']!r}")
 
     spec = StudySpec(
         name=name, description=description, problems=problems, architectures=archs, methods=methods,
@@ -291,6 +291,9 @@ def parse_spec(raw: dict, *, default_name: str = "study", check_data: bool = Tru
 
     spec.tune = parse_tune(raw.get("tune"), spec.trial_configs())
     spec.scheduler = parse_scheduler(raw.get("scheduler"), spec.tune)
+    if check_data:  # last: the configuration is right, now is the data where it says?
+        for obj in problem_objs:
+            obj.check()
     return spec
 
 

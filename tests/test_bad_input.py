@@ -66,6 +66,50 @@ CASES = [
      "name: a study name is a non-empty word without slashes or spaces, got 'a/b'"),
     ("bad method entry type", GOOD.replace("[ew, rlw]", "[ew, 3]"),
      "methods[1]: a method is a name or a mapping, got int 3"),
+    ("bernoulli p = 0", GOOD.replace("[ew, rlw]", "[ew, {name: rlw, distribution: bernoulli, p: 0}]"),
+     "methods[1]: p must be > 0, got 0"),
+    ("bernoulli p > 1", GOOD.replace("[ew, rlw]", "[ew, {name: rlw, distribution: bernoulli, p: 1.5}]"),
+     "methods[1]: p must be in (0, 1], got 1.5"),
+    ("constrained bernoulli k > T", GOOD.replace("[ew, rlw]", "[ew, {name: rlw, distribution: constrained_bernoulli, k: 3}]"),
+     "methods[1]: k must be an integer in [1, 2], got 3"),
+    ("constrained bernoulli k = 0", GOOD.replace("[ew, rlw]", "[ew, {name: rlw, distribution: constrained_bernoulli, k: 0}]"),
+     "methods[1]: k must be an integer in [1, 2], got 0"),
+    ("representation-level method without a shared representation",
+     GOOD.replace("[ew, rlw]", "[ew, {name: rgw, level: representation}]") + "architecture: mtan\n",
+     "methods[1]: rgw at level 'representation' needs an architecture with one shared representation; "
+     "'mtan' has none (use level: parameters)"),
+    ("complete method combined with an aggregator",
+     GOOD.replace("[ew, rlw]", "[ew, {weighting: stl, aggregator: cagrad}]"),
+     "methods[1]: stl is a complete method with its own gradient step and cannot be combined with the "
+     "gradient method cagrad; use it alone"),
+    ("gradient method parameter out of range", GOOD.replace("[ew, rlw]", "[ew, {name: cagrad, c: -1}]"),
+     "methods[1]: c must be >= 0, got -1"),
+    ("tuned range low >= high", GOOD + "tune: {space: {train.lr: {type: float, low: 0.1, high: 0.01}}}\n",
+     "tune.space.train.lr: low must be < high, got low=0.1, high=0.01"),
+    ("log range not positive", GOOD + "tune: {space: {train.lr: {type: float, low: 0, high: 0.1, log: true}}}\n",
+     "tune.space.train.lr.low: a log range needs low > 0, got 0"),
+    ("quantised log bounds not multiples of the step",
+     GOOD + "tune: {space: {train.lr: {type: float, low: 0.0003, high: 0.0103, log: true, step: 0.001}}}\n",
+     "tune.space.train.lr.low: a quantised log range needs bounds that are multiples of step 0.001, got low=0.0003"),
+    ("step does not divide the range",
+     GOOD + "tune: {space: {train.batch_size: {type: int, low: 8, high: 64, step: 10}}}\n",
+     "tune.space.train.batch_size.step: step 10 does not divide the range 8..64"),
+    ("conditional key that does not exist",
+     GOOD + "tune: {space: {train.lr: {type: float, low: 0.001, high: 0.1, when: {distrib: dirichlet}}}}\n",
+     "tune.space.train.lr.when.distrib: unknown condition; valid: method, weighting, aggregator, distribution, "
+     "architecture, problem"),
+    ("condition that matches no cell",
+     GOOD + "tune: {space: {method.alpha: {type: float, low: 0.1, high: 2, when: {distribution: dirichlet}}}}\n",
+     "tune.space.method.alpha.when: matches no cell of the grid, so it would never be tuned"),
+    ("tuned parameter the method rejects",
+     GOOD.replace("[ew, rlw]", "[ew, {name: rlw, distribution: dirichlet}]")
+     + "tune: {space: {method.alpha: {type: float, low: -1, high: 2, when: {distribution: dirichlet}}}}\n",
+     "tune.space.method.alpha: alpha must be > 0, got -1.0"),
+    ("bad scheduler setting", GOOD + "scheduler: {name: asha, grace_period: 0}\n",
+     "scheduler.grace_period: expected a positive number, got 0"),
+    ("data path that does not exist", GOOD.replace("{name: multidigits, n_train: 64, n_val: 32, n_test: 32}",
+                                                    "{name: nyuv2, root: /nonexistent/nyuv2}"),
+     "nyuv2: data folder /nonexistent/nyuv2 does not exist; expected root/{train,val}/{image,label,depth,normal}/{i}.npy"),
 ]
 
 
@@ -89,6 +133,59 @@ def test_bad_spec_one_line_exit_2_nothing_started(case, text, expected, tmp_path
     assert err.startswith("litmus: error: ")
     assert expected in err, err
     assert not storage.exists()
+
+
+def test_data_folder_in_the_wrong_format(tmp_path, capsys, no_ray):
+    (tmp_path / "celeba").mkdir()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(GOOD.replace("{name: multidigits, n_train: 64, n_val: 32, n_test: 32}",
+                                 f"{{name: celeba, root: {tmp_path / 'celeba'}}}"))
+    assert main(["run", str(spec), "--storage", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"litmus: error: celeba: {tmp_path / 'celeba'}/Anno/list_attr_celeba.txt is missing; expected "
+                   "Anno/list_attr_celeba.txt, Eval/list_eval_partition.txt and Img/img_align_celeba/ (jpg) or "
+                   "Img/img_align_celeba_png/ under it")
+    assert not (tmp_path / "store").exists()
+
+
+def test_architecture_not_applicable_to_the_problem(tmp_path, capsys, no_ray):
+    for lang in ("en", "zh", "de", "es"):
+        for split in ("train", "dev", "test"):
+            (tmp_path / f"{split}-{lang}.tsv").write_text("sentence1\tsentence2\tlabel\na\tb\t1\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"problem: {{name: pawsx, root: {tmp_path}}}\nmethods: [ew]\narchitecture: mtan\n")
+    assert main(["run", str(spec), "--storage", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("litmus: error: architecture: architecture 'mtan' does not apply to problem 'pawsx': ")
+    assert "the problem's encoder is of kind 'transformer'" in err and len(err.splitlines()) == 1
+
+
+def test_analyze_a_path_with_no_study(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("litmus: error: ") and len(err.splitlines()) == 1 and "no study" in err.lower()
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_analyze_with_an_absent_reference(tmp_path, capsys):
+    from analysis.synthetic import write_study
+
+    study = write_study(tmp_path, "s")
+    assert main(["analyze", str(study), "--reference", "GradNorm", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("litmus: error: ") and "GradNorm" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_cluster_yaml_with_a_misspelt_key(tmp_path, capsys):
+    from pathlib import Path
+
+    good = (Path(__file__).resolve().parents[1] / "cluster.yaml").read_text()
+    bad = tmp_path / "cluster.yaml"
+    bad.write_text(good.replace("max_workers:", "max_worker:", 1))
+    assert main(["check-cluster", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "max_worker" in err and "did you mean 'max_workers'?" in err
 
 
 def test_yaml_error_names_the_line(tmp_path, capsys, no_ray):

@@ -140,6 +140,7 @@ def test_errored_trial_reason_is_recorded(tmp_path):
         trial_id = "t1"
         config = {"trial": tiny_trial_config("ew")}
         placement_group_factory = None
+        error_file = None
 
         def get_error(self):
             return "Traceback (most recent call last):\n  File x\nstudy.driver.CheckpointError: checkpoint /x is unreadable\n"

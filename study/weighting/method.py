@@ -147,5 +147,5 @@ def build_method(method: dict, num_tasks: int, key: str = "method"):
         aggregator = instantiate(AGGREGATORS.get(name, key), params, key, num_tasks)
     from study.weighting.step import check_combination
 
-    check_combination(weighting, aggregator)
+    check_combination(weighting, aggregator, key)
     return weighting, aggregator

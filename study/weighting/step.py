@@ -279,10 +279,11 @@ class MethodStep(nn.Module):
                 mod.load_extra_state_dict(s)
 
 
-def check_combination(weighting: LossWeighting | None, aggregator: GradAggregator | None) -> None:
+def check_combination(weighting: LossWeighting | None, aggregator: GradAggregator | None,
+                      key: str = "method") -> None:
     """Reject, at spec load, combinations the engine cannot run faithfully."""
     if weighting is not None and aggregator is not None and not weighting.combinable:
-        raise SpecError("method", f"{weighting.name} is a complete method with its own gradient step and "
+        raise SpecError(key, f"{weighting.name} is a complete method with its own gradient step and "
                                   f"cannot be combined with the gradient method {aggregator.name}; "
                                   "use it alone")
 
