@@ -6,6 +6,7 @@
     litmus methods | problems | architectures
     litmus check-data PROBLEM PATH
     litmus check-cluster CLUSTER_YAML                 offline check of a Ray autoscaler config
+    litmus best STUDY_DIR [--seeds N] [--out FILE]     a tuned study's best settings -> seed-sweep spec
 
 User errors print one line, ``litmus: error: ...``, and exit with status 2.
 """
@@ -155,6 +156,13 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_best(args: argparse.Namespace) -> int:
+    from study import best
+
+    return best.run(args.study, seeds=args.seeds, out=args.out, name=args.name, problem=args.problem,
+                    architecture=args.architecture, force=args.force)
+
+
 def _cmd_check_cluster(args: argparse.Namespace) -> int:
     from study import cluster_check
 
@@ -229,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "what a study needs, without touching a cloud; run it where you run ray up.")
     p.add_argument("path", metavar="CLUSTER_YAML")
     p.set_defaults(func=_cmd_check_cluster)
+
+    p = sub.add_parser("best", help="a tuned study's best setting per method, as a seed-sweep spec",
+                       description="Read a finished tuned study (a spec with tune:), take each method's best "
+                                   "trial (highest tune metric at its best validation epoch) and write a grid "
+                                   "spec with those settings fixed and seeds 0..N-1.")
+    p.add_argument("study", metavar="STUDY_DIR", help="the tuned study's folder, e.g. litmus_results/tune_baselines")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the follow-up, 0..N-1 (default: 3)")
+    p.add_argument("--out", help="spec file to write (default: NAME.yaml)")
+    p.add_argument("--name", help="name of the follow-up study (default: STUDY_best)")
+    p.add_argument("--problem", help="with several problems in the tuned study: the one to follow up")
+    p.add_argument("--architecture", help="with several architectures in the tuned study: the one to follow up")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=_cmd_best)
     return parser
 
 
