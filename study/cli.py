@@ -86,26 +86,28 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         return ", ".join(ps)
 
     def first_line(cls) -> str:
-        return (inspect.getdoc(cls) or "").splitlines()[0] if inspect.getdoc(cls) else ""
+        return summary(inspect.getdoc(cls))
 
-    print("Loss weightings (methods: [NAME] or {name: NAME, param: value}):")
-    for name in WEIGHTINGS.names():
-        cls = WEIGHTINGS.get(name)
-        print(f"  {name:<16} {first_line(cls)}")
-        if params_of(cls):
-            print(f"  {'':<16}   params: {params_of(cls)}")
-    print("\nGradient methods:")
-    for name in AGGREGATORS.names():
-        cls = AGGREGATORS.get(name)
-        print(f"  {name:<16} {first_line(cls)}")
-        if params_of(cls):
-            print(f"  {'':<16}   params: {params_of(cls)}")
+    for title, registry in (("Loss weightings (methods: [NAME] or {name: NAME, param: value}):", WEIGHTINGS),
+                            ("\nGradient methods:", AGGREGATORS)):
+        print(title)
+        for name in registry.names():
+            cls = registry.get(name)
+            print(f"  {name:<16} {first_line(cls)}")
+            if params_of(cls):
+                print(f"  {'':<16}   params: {params_of(cls)}")
     print("\nDistributions for rlw/rgw (distribution: NAME):")
     for name in DISTRIBUTIONS.names():
         cls = DISTRIBUTIONS.get(name)
         print(f"  {name:<22} {first_line(cls)}  [{params_of(cls)}]")
     print()
     return _cmd_architectures(args)
+
+
+def summary(doc: str | None, width: int = 110) -> str:
+    """A docstring's first paragraph on one line, cut at ``width`` characters."""
+    text = " ".join((doc or "").strip().split("\n\n")[0].split())
+    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
 
 
 def _cmd_architectures(args: argparse.Namespace) -> int:
@@ -258,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `litmus methods | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("litmus: interrupted; resume with --resume", file=sys.stderr)
         return 130

@@ -76,6 +76,15 @@ class Registry(Generic[T]):
             raise SpecError(key, f"module {module_name!r} has no attribute {attr!r} (from {ref!r})") from None
 
 
+def discover(package: str, path, skip: set[str] | frozenset[str] = frozenset({"base"})) -> None:
+    """Import every module of a package (except ``skip`` and ``_private`` ones) so they register."""
+    import pkgutil
+
+    for info in pkgutil.iter_modules(path):
+        if info.name not in skip and not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
+
+
 def instantiate(cls: type[T], params: dict | None, key: str | None, /, *args, **context) -> T:
     """Build ``cls(*args, **context, **params)``, turning bad parameters into a one-line SpecError.
 

@@ -13,18 +13,12 @@ import pkgutil
 from typing import Any
 
 from study.architectures.base import EncoderFactory, MTLArchitecture
-from study.registry import Registry
+from study.registry import Registry, discover
 
 ARCHITECTURES: Registry[MTLArchitecture] = Registry("architecture")
 
 
-def _discover() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "base" and not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-
-
-_discover()
+discover(__name__, __path__)
 
 
 def encoder_factory(problem) -> EncoderFactory:

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from study.problems.base import Metric, Problem
-from study.registry import Registry
+from study.registry import Registry, discover
 
 PROBLEMS: Registry[Problem] = Registry("problem")
 
 
-def _discover() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "base" and not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-
-
-_discover()
+discover(__name__, __path__)
 
 __all__ = ["PROBLEMS", "Metric", "Problem"]
