@@ -322,7 +322,47 @@ def _check_office(cls, path: str, lists: str | None = None) -> _Report:
     return rep
 
 
+def _check_xtreme(cls, path: str) -> _Report:
+    """PAWS-X / UD-POS: every split file of every language exists and parses with the problem's reader.
+
+    The model is not needed here (``litmus run`` checks that it is in the local cache).
+    """
+    rep = _Report(cls.name)
+    if not os.path.isdir(path):
+        rep.error(f"data folder {path} does not exist")
+        return rep
+    problem = cls(root=path)
+    if cls.name == "pawsx":
+        from study.problems.pawsx import read_pawsx
+
+        def count(files: list[str]) -> int:
+            return sum(len(read_pawsx(f)[2]) for f in files)
+    else:
+        from study.problems.udpos import read_pos_files
+
+        def count(files: list[str]) -> int:
+            return len(read_pos_files(files))
+    lines = [f"{cls.name} data at {path}"]
+    for lang in problem.tasks:
+        sizes = []
+        for split in ("train", "val", "test"):
+            try:
+                files = problem.data_files(split, lang)
+                n = count(files)
+            except (DataError, SpecError, ValueError) as exc:
+                rep.error(str(exc).removeprefix(f"problem {cls.name}: "))
+                continue
+            if n == 0:
+                rep.error(f"{', '.join(files)} holds no examples")
+            sizes.append(f"{split} {n}")
+        lines.append(f"  {lang}: {' / '.join(sizes)} examples")
+    rep.summary = lines
+    return rep
+
+
 _CHECKERS: dict[str, Callable[..., _Report]] = {
+    "pawsx": _check_xtreme,
+    "udpos": _check_xtreme,
     "nyuv2": _check_dense,
     "cityscapes": _check_dense,
     "celeba": _check_celeba,
