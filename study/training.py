@@ -10,10 +10,27 @@ Config (canonical, as produced by :mod:`study.spec`)::
     architecture: str, architecture_params: dict
     method: {label, weighting: {name, ...} | None, aggregator: {name, ...} | None}
     seed: int
-    train: {optimizer, lr, weight_decay, batch_size, epochs, scheduler, device, nan_check_every}
+    train: {optimizer, lr, weight_decay, batch_size, epochs, scheduler, device, nan_check_every,
+            grad_clip, eval_batch_size, amp, channels_last}
 
 Each epoch the reporter gets ``metrics`` (flat ``split/task/metric`` keys plus ``epoch``,
 ``val_score``, timings) and ``state`` (everything needed to resume bit-for-bit on CPU).
+
+Speed options (off by default: the paper's setting is fp32 in the default memory layout):
+
+* ``amp: true`` runs the model's forward pass and the task losses under ``torch.autocast`` with
+  bfloat16 on CUDA, and is a no-op on CPU: on CPUs without bf16 units (the 2-core AMD EPYC this was
+  measured on) bf16 autocast made a ResNet-18 training step ~20x slower, so a GPU spec run on a CPU
+  machine stays in float32. ``amp: "bf16"`` asks for bf16 autocast on any device (CPU included: how the
+  tests exercise this code path). Backward passes, the weighting and aggregation math, the optimizer and
+  the parameters stay in float32; the loss vector is float32. Evaluation runs under the same autocast, its
+  outputs cast to float32 before losses and metrics. ``"fp16"`` is refused: it needs loss scaling, which
+  would change what loss- and gradient-based weightings see.
+* ``channels_last: true`` stores the model's 4-D weights and every 4-D input batch in
+  ``torch.channels_last`` (NHWC), the layout cuDNN's tensor-core convolutions prefer.
+
+Data: with :mod:`study.datacache` configured (the Ray trainable does it), trials in one process reuse the
+loaded data set, and in-memory data sets are shared by all trial processes on a node.
 
 Non-finite policy (the same for every method): the per-task losses are checked every
 ``nan_check_every`` steps and at the end of each epoch (one device sync each); a non-finite loss raises
@@ -31,6 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from study import datacache
 from study.architectures import build_model
 from study.errors import DivergedError, SpecError
 from study.problems import PROBLEMS
@@ -51,7 +69,49 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "device": "auto",        # auto -> cuda if available else cpu
     "nan_check_every": 50,
     "grad_clip": None,       # max gradient norm, or None
+    "amp": False,            # true: bf16 autocast of forward + losses on CUDA; "bf16": on any device
+    "channels_last": False,  # NHWC weights and 4-D inputs
 }
+
+
+def amp_dtype(value: Any, device: torch.device | str = "cuda") -> torch.dtype | None:
+    """The autocast dtype of a ``train.amp`` setting on ``device`` (None: full precision)."""
+    if value in (None, False):
+        return None
+    if value is True:
+        return torch.bfloat16 if torch.device(device).type == "cuda" else None
+    if value == "bf16":
+        return torch.bfloat16
+    if value == "fp16":
+        raise SpecError("train.amp", "fp16 autocast needs loss scaling, which would change the losses and "
+                                     "gradients that weighting methods see; use amp: bf16")
+    raise SpecError("train.amp", f"expected true, false or bf16, got {value!r}")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``device`` with ``dtype``, or a no-op context when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def to_channels_last(batch: Any) -> Any:
+    """Every 4-D floating tensor in ``batch`` (inputs only: targets keep their layout) as NHWC."""
+    if isinstance(batch, Tensor):
+        if batch.dim() == 4 and batch.is_floating_point():
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, dict):
+        return {k: to_channels_last(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_channels_last(v) for v in batch)
+    return batch
+
+
+def _float_outputs(out: Any) -> Any:
+    if isinstance(out, Tensor):
+        return out.float() if out.is_floating_point() and out.dtype != torch.float32 else out
+    if isinstance(out, dict):
+        return {k: _float_outputs(v) for k, v in out.items()}
+    return out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -118,9 +178,16 @@ def train_batches(problem, data: Any, batch_size: int, generator: torch.Generato
 
 
 @torch.inference_mode()
-def evaluate(problem, model, data: Any, split: str, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Metrics of every task on a whole split, accumulated over the split (not per-batch averages)."""
+def evaluate(problem, model, data: Any, split: str, batch_size: int, device: torch.device, *,
+             amp: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
+    """Metrics of every task on a whole split, accumulated over the split (not per-batch averages).
+
+    Runs in inference mode (no autograd graph, no saved activations); ``amp`` is the autocast dtype of
+    the forward pass (outputs are cast to float32 before losses and metrics), ``channels_last`` the
+    input layout.
+    """
     model.eval()
+    prep = to_channels_last if channels_last else (lambda b: b)
     meters = {t: problem.new_meter(t) for t in problem.tasks}
     losses = {t: torch.zeros((), device=device, dtype=torch.float64) for t in problem.tasks}
     counts = dict.fromkeys(problem.tasks, 0)
@@ -128,16 +195,20 @@ def evaluate(problem, model, data: Any, split: str, batch_size: int, device: tor
         for t in problem.tasks:
             for x, y in problem.batches(data[split][t], batch_size, shuffle=False, generator=None):
                 y = y[t] if isinstance(y, dict) else y
-                x, y = to_device(x, device), to_device(y, device)
-                out = model({t: x})[t]
+                x, y = prep(to_device(x, device)), to_device(y, device)
+                with autocast(device, amp):
+                    out = model({t: x})[t]
+                out = _float_outputs(out)
                 meters[t].update(out, y)
                 n = _batch_len(y)
                 losses[t] += problem.loss(t, out, y).double() * n
                 counts[t] += n
     else:
         for x, ys in problem.batches(data[split], batch_size, shuffle=False, generator=None):
-            x, ys = to_device(x, device), to_device(ys, device)
-            outs = model(x)
+            x, ys = prep(to_device(x, device)), to_device(ys, device)
+            with autocast(device, amp):
+                outs = model(x)
+            outs = _float_outputs(outs)
             n = _batch_len(x)
             for t in problem.tasks:
                 meters[t].update(outs[t], ys[t])
@@ -180,11 +251,17 @@ class Trial:
         self.train_cfg = train
         self.seed = int(config["seed"])
         self.device = resolve_device(train["device"])
+        self.amp = amp_dtype(train.get("amp"), self.device)
+        self.channels_last = bool(train.get("channels_last"))
         torch.manual_seed(self.seed)
         self.problem = instantiate(PROBLEMS.get(config["problem"], "problem"), config.get("problem_params"), "problem_params")
-        self.data = data if data is not None else self.problem.load(self.seed)
+        if data is None:  # through the process / node cache when configured (study.datacache)
+            data = datacache.load_data(self.problem, config["problem"], config.get("problem_params"), self.seed)
+        self.data = data
         self.model = build_model(self.problem, config.get("architecture", "hps"), config.get("architecture_params"))
         self.model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         weighting, aggregator = build_method(config["method"], len(self.problem.tasks))
         self.step = MethodStep(self.model, weighting, aggregator)
         self.step.to(self.device)
@@ -247,12 +324,18 @@ class Trial:
         check_every = max(int(self.train_cfg.get("nan_check_every") or 50), 1)
         clip = self.train_cfg.get("grad_clip")
         sync = device.type == "cuda"
+        amp, channels_last = self.amp, self.channels_last
         t_epoch = time.perf_counter()
         for inputs, targets in train_batches(problem, self.data, int(self.train_cfg["batch_size"]), self.generator):
             t0 = time.perf_counter()
             inputs, targets = to_device(inputs, device), to_device(targets, device)
+            if channels_last:
+                inputs = to_channels_last(inputs)
             self.optimizer.zero_grad(set_to_none=True)
-            losses = self.step.losses(problem, inputs, targets)
+            with autocast(device, amp):
+                losses = self.step.losses(problem, inputs, targets)
+            if amp is not None:
+                losses = losses.float()
             try:
                 self.step.backward(losses, self.rng)
             except NonFiniteError as exc:
@@ -286,9 +369,12 @@ class Trial:
     def run_epoch(self) -> dict[str, Any]:
         metrics = self.train_epoch()
         bs = int(self.train_cfg.get("eval_batch_size") or max(int(self.train_cfg["batch_size"]), 256))
+        t0 = time.perf_counter()
         for split in ("val", "test"):
             if split in self.data and self.data[split] is not None:
-                metrics.update(evaluate(self.problem, self.model, self.data, split, bs, self.device))
+                metrics.update(evaluate(self.problem, self.model, self.data, split, bs, self.device,
+                                        amp=self.amp, channels_last=self.channels_last))
+        metrics["time_eval_s"] = time.perf_counter() - t0
         metrics["epoch"] = self.epoch
         metrics["val_score"] = val_score(self.problem, metrics)
         return metrics
@@ -301,13 +387,16 @@ def train_trial(config: dict[str, Any], reporter: Reporter | None = None, *,
     ``resume_state`` (a :meth:`Trial.state_dict`) continues a trial where it stopped; ``data`` passes
     an already-loaded data set (shared by trials on one node).
     """
+    t0 = time.perf_counter()
     trial = Trial(config, data=data)
     if resume_state is not None:
         trial.load_state_dict(resume_state)
+    setup = time.perf_counter() - t0
     epochs = int(trial.train_cfg["epochs"])
     last: dict[str, Any] = {}
     while trial.epoch < epochs:
         last = trial.run_epoch()
+        last["time_setup_s"] = setup  # building the trial: data, model, method, optimizer, restore
         if reporter is not None:
             reporter(last, trial.state_dict())
     return last
