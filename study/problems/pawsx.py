@@ -7,27 +7,44 @@ pooled output. Training as in the paper: AdamW, lr 2e-5, eps 1e-8, batch 32 per 
 clipping at norm 1.0, sequences truncated to 128 word pieces (longest-first over the pair).
 Metric: accuracy per language (the analysis averages over languages).
 
-Data (``root``), either layout:
+Data (``root``): per split and language the first of these that exists **and is labelled** is read, so
+XTREME's folder, the PAWS-X release (``x-final/``) or both merged into one folder all work:
 
-* XTREME's processed files ``{train,dev,test}-{lang}.tsv``: ``sentence1<TAB>sentence2<TAB>label``
-  (label 0/1), one header line. For every language except English, XTREME's ``train-{lang}.tsv`` is
-  the **machine-translated** training set of the PAWS-X release (``{lang}/translated_train.tsv``);
-  English trains on the original ``en/train.tsv``. ``dev`` is the 2k development set, ``test`` the 2k
-  test set.
-* The PAWS-X release itself (``x-final/``): ``{lang}/translated_train.tsv`` (``en/train.tsv`` for
-  English), ``{lang}/dev_2k.tsv``, ``{lang}/test_2k.tsv`` with columns ``id, sentence1, sentence2, label``.
+* train, English: ``train-en.tsv`` (XTREME), ``en/train.tsv`` (release);
+* train, other languages (the **machine-translated** English training set): ``train-{lang}.tsv`` (a
+  folder that has one, e.g. LibMTL's), ``translated/en-{lang}-translated.tsv`` (XTREME's layout for its
+  translate-train files), ``{lang}/translated_train.tsv`` (release). XTREME's own preprocessing
+  (``utils_preprocess.py pawsx``) writes ``train-en.tsv`` only;
+* val: ``dev-{lang}.tsv`` (XTREME), ``{lang}/dev_2k.tsv`` (release);
+* test: ``test-{lang}.tsv`` when labelled, else ``{lang}/test_2k.tsv`` (release). XTREME's preprocessing
+  drops the label of its test files (``sentence1<TAB>sentence2``, no header); such a file is skipped for
+  the release's ``{lang}/test_2k.tsv``, and when that is missing the error says so in one line.
 
-``train_files: {lang: path}`` overrides a language's training file (relative to ``root`` or absolute),
-e.g. to train on other translations. A first line whose last field is not 0/1 is a header and skipped
-(so files with and without a header both work, and no example is lost). Fields are split on tabs
-only, without quote processing, as XTREME's own reader does.
+File formats (fields are split on tabs only, without quote processing, as XTREME's own reader does):
+
+* XTREME's ``{train,dev}-{lang}.tsv``: ``sentence1<TAB>sentence2<TAB>label`` (label 0/1), written by
+  ``csv.writer`` (CRLF line ends) without a header;
+* the release: ``id<TAB>sentence1<TAB>sentence2<TAB>label`` with a header line;
+* ``translated/en-{lang}-translated.tsv``: no header, tab-separated. **Assumption** (the files are not
+  documented): rows are ``en_sentence1, en_sentence2, sentence1, sentence2, label`` (the translation in
+  columns 3-4), which is how TensorFlow Datasets' ``xtreme_pawsx`` builder reads the published files,
+  or the 3 columns ``sentence1, sentence2, label`` that XTREME's ``PawsxProcessor`` reads; both are
+  accepted (the two sentences are the two fields before the label). As the TFDS builder does, rows of
+  these machine-translated files that are malformed (wrong number of fields, label not 0/1) are
+  skipped with a warning; if more than half of the rows are, the file is rejected.
+
+A first line whose last field is not 0/1 is a header and skipped (so files with and without a header
+both work, and no example is lost). ``train_files: {lang: path}`` overrides a language's training file
+(relative to ``root`` or absolute), e.g. to train on other translations.
 
 Splits: train / val (XTREME dev) / test, identical for every seed.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from typing import Any, ClassVar
 
 import numpy as np
@@ -36,18 +53,61 @@ from torch.nn import functional as F
 
 from study.errors import DataError
 from study.problems import PROBLEMS
-from study.problems._xtreme import SPLIT_FILES, Features, XtremeProblem, pack, resolve_first
+from study.problems._xtreme import SPLIT_FILES, Features, XtremeProblem, pack
 from study.problems.base import AccuracyMeter, Metric
 
 PAWSX_LANGUAGES = ("en", "de", "es", "fr", "ja", "ko", "zh")
 RELEASE_FILES = {"val": "dev_2k.tsv", "test": "test_2k.tsv"}
+log = logging.getLogger(__name__)
 
 
-def read_pawsx(path: str) -> tuple[list[str], list[str], np.ndarray]:
-    """Sentence pairs and 0/1 labels of one PAWS-X file (3 columns, or 4 with a leading id)."""
+_TRANSLATED = re.compile(r"^en-[a-z]{2,3}-translated\.tsv$")
+
+
+def _is_translated(path: str) -> bool:
+    return bool(_TRANSLATED.match(os.path.basename(path)))
+
+
+def unlabelled_message(path: str, lang: str | None = None, release: str | None = None) -> str:
+    where = release or os.path.join("ROOT", lang or "{lang}", "test_2k.tsv")
+    return (f"problem pawsx: {path} is an unlabelled test file (sentence1<TAB>sentence2, no label: XTREME's "
+            f"preprocessing drops the test labels); put the PAWS-X release's labelled test set at {where} "
+            f"(x-final/{lang or '{lang}'}/test_2k.tsv), it is then used automatically")
+
+
+def is_unlabelled(path: str, lines: int = 20) -> bool:
+    """Whether ``path`` looks like XTREME's label-free test file: among its first ``lines`` non-blank
+    lines some have exactly two tab-separated fields and none is a labelled row."""
+    two = False
+    seen = 0
+    with open(path, encoding="utf-8", newline="\n") as f:
+        for line in f:
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) in (3, 4, 5) and fields[-1].strip() in ("0", "1"):
+                return False
+            two = two or len(fields) == 2
+            seen += 1
+            if seen >= lines:
+                break
+    return two
+
+
+def read_pawsx(path: str, lenient: bool | None = None) -> tuple[list[str], list[str], np.ndarray]:
+    """Sentence pairs and 0/1 labels of one PAWS-X file (3 columns, 4 with a leading id; a
+    machine-translated ``en-{lang}-translated.tsv`` may have 5, see the module docs).
+
+    ``lenient`` (default: only for ``en-{lang}-translated.tsv`` files) skips malformed rows instead of
+    raising; a two-column row (XTREME's unlabelled test files) always raises a clear DataError.
+    """
+    lenient = _is_translated(path) if lenient is None else lenient
+    widths = (3, 4, 5) if lenient else (3, 4)
     s1: list[str] = []
     s2: list[str] = []
     labels: list[int] = []
+    skipped = 0
     with open(path, encoding="utf-8", newline="\n") as f:
         for lineno, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
@@ -55,16 +115,26 @@ def read_pawsx(path: str) -> tuple[list[str], list[str], np.ndarray]:
                 continue
             fields = line.split("\t")
             label = fields[-1].strip()
-            if lineno == 1 and label not in ("0", "1"):
+            if lineno == 1 and label not in ("0", "1") and len(fields) != 2:
                 continue  # header
-            if len(fields) not in (3, 4):
-                raise DataError(f"problem pawsx: {path}:{lineno}: expected sentence1<TAB>sentence2<TAB>label "
-                                f"(or id first), got {len(fields)} fields")
-            if label not in ("0", "1"):
+            if len(fields) == 2 and not lenient:
+                raise DataError(unlabelled_message(f"{path}:{lineno}"))
+            if len(fields) not in widths or label not in ("0", "1"):
+                if lenient:
+                    skipped += 1
+                    continue
+                if len(fields) not in widths:
+                    raise DataError(f"problem pawsx: {path}:{lineno}: expected sentence1<TAB>sentence2<TAB>label "
+                                    f"(or id first), got {len(fields)} fields")
                 raise DataError(f"problem pawsx: {path}:{lineno}: label must be 0 or 1, got {label!r}")
             s1.append(fields[-3])
             s2.append(fields[-2])
             labels.append(int(label))
+    if skipped:
+        if skipped > len(labels):
+            raise DataError(f"problem pawsx: {path}: {skipped} of {skipped + len(labels)} rows are not "
+                            f"[en_sentence1<TAB>en_sentence2<TAB>]sentence1<TAB>sentence2<TAB>label (label 0/1)")
+        log.warning("pawsx: %s: skipped %d malformed rows of %d", path, skipped, skipped + len(labels))
     return s1, s2, np.asarray(labels, dtype=np.int64)
 
 
@@ -102,23 +172,36 @@ class PAWSX(XtremeProblem):
                 raise ValueError(f"train_files.{lang} must be a file path, got {path!r}")
         self.train_files = train_files
 
-    def data_files(self, split: str, lang: str) -> list[str]:
+    def candidates(self, split: str, lang: str) -> list[str]:
+        """The files tried for one split and language, in order (see the module docs)."""
         root = self.root
+        if split == "train":
+            if lang == "en":
+                return [os.path.join(root, "train-en.tsv"), os.path.join(root, "en", "train.tsv")]
+            return [os.path.join(root, f"train-{lang}.tsv"),
+                    os.path.join(root, "translated", f"en-{lang}-translated.tsv"),
+                    os.path.join(root, lang, "translated_train.tsv")]
+        return [os.path.join(root, f"{SPLIT_FILES[split]}-{lang}.tsv"), os.path.join(root, lang, RELEASE_FILES[split])]
+
+    def data_files(self, split: str, lang: str) -> list[str]:
         if split == "train" and lang in self.train_files:
-            path = os.path.join(root, os.path.expanduser(self.train_files[lang]))
+            path = os.path.join(self.root, os.path.expanduser(self.train_files[lang]))
             if not os.path.isfile(path):
                 raise DataError(f"problem pawsx: train_files.{lang} = {path!r} does not exist")
             return [path]
-        xtreme = os.path.join(root, f"{SPLIT_FILES[split]}-{lang}.tsv")
-        if split == "train":
-            release = os.path.join(root, lang, "train.tsv" if lang == "en" else "translated_train.tsv")
-        else:
-            release = os.path.join(root, lang, RELEASE_FILES[split])
-        found = resolve_first([xtreme, release])
-        if not found:
-            raise DataError(f"problem pawsx: no {split} file for {lang!r}: looked for {xtreme} (XTREME layout) "
-                            f"and {release} (PAWS-X release layout); set problem.root to the folder holding them")
-        return found
+        candidates = self.candidates(split, lang)
+        unlabelled = []
+        for path in candidates:
+            if not os.path.isfile(path):
+                continue
+            if is_unlabelled(path):
+                unlabelled.append(path)
+                continue
+            return [path]
+        if unlabelled:
+            raise DataError(unlabelled_message(unlabelled[0], lang, candidates[-1]))
+        raise DataError(f"problem pawsx: no {split} file for {lang!r}: looked for {', '.join(candidates)} (XTREME "
+                        f"and PAWS-X release layouts); set problem.root to the folder holding them")
 
     def featurize(self, files: list[str], lang: str, split: str, tokenizer) -> Features:
         first: list[str] = []

@@ -36,6 +36,12 @@ Data (``root``), either layout, per split and language, first match wins:
 4. the UD v2.5 release tree: every ``**/{lang}_*-ud-{train,dev,test}.conllu`` below ``root``, i.e. all
    treebanks of the language merged, as XTREME does.
 
+XTREME's test files carry no tags: its ``test-{lang}.tsv`` holds tokens only (one per line), and its
+``udpos_processed_maxlen128`` preprocessing fills the missing tags with ``X``, so there every tag of
+``test.{model}`` is ``X``. Such a file (tokens only, or every tag ``X``) is skipped for the next layout,
+so UD's labelled CoNLL-U test files (3. or 4.) are used automatically when present under ``root``;
+without them the error says so in one line. The readers reject such files with the same message.
+
 CoNLL-U is read as UD's syntactic words: multiword-token ranges (``3-4``) and empty nodes (``5.1``) are
 skipped, sentences whose text is withheld (every FORM ``_``) are dropped, and, as XTREME does, U+200C
 and spaces inside a FORM are removed (Vietnamese words contain spaces). XTREME's own conversion keeps
@@ -77,6 +83,46 @@ def _tag(tag: str, path: str, lineno: int) -> str:
     return tag
 
 
+def unlabelled_message(path: str, why: str, root: str | None = None, lang: str | None = None) -> str:
+    where = f" under {root}" if root else ""
+    lang = lang or "{lang}"
+    return (f"problem udpos: {path} {why}: XTREME's test files are unlabelled; put UD v2.5's labelled CoNLL-U "
+            f"test files{where} (test-{lang}.conllu, or the release tree's {lang}_*-ud-test.conllu), they are "
+            f"then used automatically")
+
+
+TOKENS_ONLY = "holds tokens without tags"
+ALL_X = "tags every word X (XTREME's preprocessing fills missing tags with X)"
+
+
+def _split_pos_line(line: str) -> list[str]:
+    parts = line.split("\t")
+    if len(parts) != 2:
+        parts = line.split()
+    return parts
+
+
+def tsv_labels(path: str) -> str:
+    """``"labelled"``, ``"tokens"`` (tokens only), ``"all-x"`` (every tag X) or ``"empty"`` for one
+    ``token<TAB>TAG`` file; stops reading at the first tagged word whose tag is not X."""
+    tokens = tagged = 0
+    with open(path, encoding="utf-8", newline="\n") as f:
+        for line in f:
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            parts = _split_pos_line(line)
+            if len(parts) == 1:
+                tokens += 1
+                continue
+            if len(parts) != 2 or parts[1].strip() != "X":
+                return "labelled"   # a real tag (or a malformed line, which the reader reports)
+            tagged += 1
+    if tagged:
+        return "labelled" if tokens else "all-x"
+    return "tokens" if tokens else "empty"
+
+
 def read_xtreme_pos(path: str) -> list[Sentence]:
     """``token<TAB>TAG`` lines, blank line between sentences."""
     out: list[Sentence] = []
@@ -90,9 +136,9 @@ def read_xtreme_pos(path: str) -> list[Sentence]:
                     out.append((words, tags))
                     words, tags = [], []
                 continue
-            parts = line.split("\t")
-            if len(parts) != 2:
-                parts = line.split()
+            parts = _split_pos_line(line)
+            if len(parts) == 1:
+                raise DataError(unlabelled_message(f"{path}:{lineno}", TOKENS_ONLY))
             if len(parts) != 2:
                 raise DataError(f"problem udpos: {path}:{lineno}: expected token<TAB>TAG, got {line[:60]!r}")
             words.append(parts[0].strip())
@@ -135,9 +181,13 @@ def read_conllu(path: str) -> list[Sentence]:
 
 
 def read_pos_files(paths: Sequence[str]) -> list[Sentence]:
+    """Sentences of every file; a file whose every tag is X (XTREME's unlabelled test files) is refused."""
     out: list[Sentence] = []
     for p in paths:
-        out += read_conllu(p) if p.endswith((".conllu", ".conll")) else read_xtreme_pos(p)
+        sents = read_conllu(p) if p.endswith((".conllu", ".conll")) else read_xtreme_pos(p)
+        if sents and all(t == "X" for _, tags in sents for t in tags):
+            raise DataError(unlabelled_message(p, ALL_X))
+        out += sents
     return out
 
 
@@ -310,11 +360,22 @@ class UDPOS(XtremeProblem):
         processed = os.path.join(self.root, lang, f"{name}.{os.path.basename(self.model.rstrip('/'))}")
         conllu = os.path.join(self.root, f"{name}-{lang}.conllu")
         pattern = os.path.join(self.root, "**", f"{lang}_*-ud-{name}.conllu")
-        found = resolve_first([tsv, processed, conllu, lambda: sorted(glob.glob(pattern, recursive=True))])
-        if not found:
-            raise DataError(f"problem udpos: no {name} file for {lang!r} in {self.root}: looked for {name}-{lang}.tsv "
-                            f"(XTREME), {name}-{lang}.conllu, and **/{lang}_*-ud-{name}.conllu (UD release)")
-        return found
+        unlabelled: list[tuple[str, str]] = []
+        for path in (tsv, processed):
+            if os.path.isfile(path):
+                state = tsv_labels(path)
+                if state in ("tokens", "all-x"):
+                    unlabelled.append((path, TOKENS_ONLY if state == "tokens" else ALL_X))
+                    continue
+                return [path]
+        found = resolve_first([conllu, lambda: sorted(glob.glob(pattern, recursive=True))])
+        if found:
+            return found
+        if unlabelled:
+            path, why = unlabelled[0]
+            raise DataError(unlabelled_message(path, why, self.root, lang))
+        raise DataError(f"problem udpos: no {name} file for {lang!r} in {self.root}: looked for {name}-{lang}.tsv "
+                        f"(XTREME), {name}-{lang}.conllu, and **/{lang}_*-ud-{name}.conllu (UD release)")
 
     def featurize(self, files: list[str], lang: str, split: str, tokenizer) -> Features:
         return tagging_features(read_pos_files(files), tokenizer, self.max_length)
@@ -330,4 +391,4 @@ class UDPOS(XtremeProblem):
 
 
 __all__ = ["UDPOS", "UPOS", "SpanReader", "TaggingMeter", "read_conllu", "read_xtreme_pos", "tag_spans", "tagging_features",
-           "span_counts", "f1_from_counts"]
+           "span_counts", "f1_from_counts", "read_pos_files", "tsv_labels"]
