@@ -235,7 +235,7 @@ def parse_spec(raw: dict, *, default_name: str = "study", check_data: bool = Tru
         labels[m["label"].lower()] = i
         for prob in problem_objs:
             build_method(m, len(prob.tasks), f"methods[{i}]")
-            _check_method_architecture(m, archs, f"methods[{i}]")
+            _check_method_architecture(m, archs, f"methods[{i}]", prob)
 
     # seeds
     seeds = raw.get("seeds", [0])
@@ -334,7 +334,7 @@ def _applicable(arch_cls, problem) -> str | None:
     return None
 
 
-def _check_method_architecture(method: dict, archs: list[dict], key: str) -> None:
+def _check_method_architecture(method: dict, archs: list[dict], key: str, problem=None) -> None:
     from study.architectures import ARCHITECTURES
     from study.weighting.method import build_method  # noqa: F401
 
@@ -344,8 +344,12 @@ def _check_method_architecture(method: dict, archs: list[dict], key: str) -> Non
     from study.weighting import AGGREGATORS
 
     cls = AGGREGATORS.get(agg["name"], key)
-    level = agg.get("level", getattr(cls, "level", "parameters"))
+    level = agg.get("level") or cls.levels[0]
     if level == "representation":
+        if problem is not None and getattr(problem, "multi_input", False):
+            fix = "use level: parameters" if "parameters" in cls.levels else "leave it out"
+            raise SpecError(key, f"{agg['name']} at level 'representation' needs one input batch shared by all "
+                                 f"tasks; problem {problem.name!r} is multi-input (each task its own batch): {fix}")
         for arch in archs:
             acls = ARCHITECTURES.get(arch["name"])
             if not getattr(acls, "has_shared_representation", False):

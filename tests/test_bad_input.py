@@ -78,6 +78,14 @@ CASES = [
      GOOD.replace("[ew, rlw]", "[ew, {name: rgw, level: representation}]") + "architecture: mtan\n",
      "methods[1]: rgw at level 'representation' needs an architecture with one shared representation; "
      "'mtan' has none (use level: parameters)"),
+    ("representation-level method on a multi-input problem",
+     "name: s\nproblem: {name: office31, root: /nonexistent}\nmethods: [ew, rotograd]\nseeds: [0]\n",
+     "methods[1]: rotograd at level 'representation' needs one input batch shared by all tasks; problem "
+     "'office31' is multi-input (each task its own batch): leave it out"),
+    ("representation-level variant on a multi-input problem",
+     "name: s\nproblem: {name: office31, root: /nonexistent}\nmethods: [ew, mgda_ub]\nseeds: [0]\n",
+     "methods[1]: mgda at level 'representation' needs one input batch shared by all tasks; problem "
+     "'office31' is multi-input (each task its own batch): use level: parameters"),
     ("complete method combined with an aggregator",
      GOOD.replace("[ew, rlw]", "[ew, {weighting: stl, aggregator: cagrad}]"),
      "methods[1]: stl is a complete method with its own gradient step and cannot be combined with the "
