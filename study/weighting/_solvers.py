@@ -168,87 +168,100 @@ def fair_weights(gramian: np.ndarray, alpha: float, w0: np.ndarray | None = None
     return w_out, converged
 
 
-def cagrad_weights(gramian: np.ndarray, c: float, max_iter: int = 500, tol: float = 1e-7) -> np.ndarray:
+def cagrad_weights(gramian: np.ndarray, c: float, max_iter: int = 60) -> np.ndarray:
     """CAGrad (Liu et al., NeurIPS 2021, Eq. 7-8) as weights on the task gradients.
 
-    Inner problem: ``min_{w in simplex} g_w^T g_0 + sqrt(phi) ||g_w||`` with ``g_0`` the mean gradient,
-    ``phi = c^2 ||g_0||^2``; direction ``d = g_0 + sqrt(phi) / ||g_w|| g_w``, i.e. weights
-    ``1/T + c ||g_0|| / ||g_w|| * w`` (before rescaling). Solved by accelerated projected gradient with
-    backtracking on the Gramian (convex, T variables), then polished exactly on the support it found:
-    there the KKT conditions give ``w_S = (n/k)(mu M_SS^{-1} 1 - M_SS^{-1} b_S)`` with ``mu`` the root of a
-    quadratic, kept when it is feasible and no worse.
+    Inner problem: ``min_{w in simplex} F(w) = g_w^T g_0 + k ||g_w||`` with ``g_0`` the mean gradient and
+    ``k = sqrt(phi) = c ||g_0||``; direction ``d = g_0 + k / ||g_w|| g_w``, i.e. weights
+    ``1/T + k / ||g_w|| * w`` (before rescaling).
+
+    Solved exactly, with no tolerance tied to the gradients' scale: writing ``k ||x|| = min_{s > 0}
+    ||x||^2 / (2 s) + k^2 s / 2``, for fixed ``s`` the minimiser over the simplex is the min-norm point of
+    the shifted gradients ``g_i + s g_0`` (Wolfe's exact algorithm, as MGDA), and the optimal ``s`` is the
+    root of ``||g_w(s)|| = k s`` (decreasing in ``s``). On the face Wolfe found, ``w(s)`` is affine in
+    ``s`` and the root is that of a quadratic; it is accepted when the weights are non-negative and the
+    min-norm optimality conditions hold at it, else the bracket on ``s`` is narrowed (bisection safeguard)
+    and the face is updated. At the solution ``k / ||g_w|| = 1 / s``. Exact whatever the conditioning of
+    the Gramian (rank-deficient included, e.g. ``T > d``); a few Wolfe solves per call.
     """
     M = np.asarray(gramian, dtype=np.float64)
     T = M.shape[0]
     mean = np.full(T, 1.0 / T)
-    scale = float(np.mean(np.diag(M)))
+    scale = float(np.max(np.diag(M))) if T else 0.0
     if not scale > 0 or c == 0.0:
         return mean.copy()
     M = M / scale
     b = M @ mean
-    g0_norm = float(np.sqrt(max(mean @ b, 0.0)))
-    k = c * g0_norm
-    eps = 1e-18
-
-    def F(w):
-        return float(w @ b + k * np.sqrt(max(w @ M @ w, 0.0) + eps))
-
-    def grad(w):
-        Mw = M @ w
-        return b + k * Mw / np.sqrt(max(w @ Mw, 0.0) + eps)
-
-    w = mean.copy()
-    y = w.copy()
-    fw = F(w)
-    step = 1.0
-    tk = 1.0
-    for it in range(max_iter):
-        gy = grad(y)
-        fy = F(y)
-        while True:
-            z = project_simplex(y - step * gy)
-            diff = z - y
-            fz = F(z)
-            if fz <= fy + gy @ diff + diff @ diff / (2 * step) + 1e-15 or step < 1e-12:
-                break
-            step *= 0.5
-        if fz > fw:  # monotone restart from the best point
-            y, tk = w.copy(), 1.0
-        else:
-            t_next = (1 + np.sqrt(1 + 4 * tk * tk)) / 2
-            y = z + ((tk - 1) / t_next) * (z - w)
-            w, fw, tk = z, fz, t_next
-            step *= 1.2
-        if fz > fw or it % 5 == 0:  # stationarity: the projected-gradient residual at the best point
-            if np.max(np.abs(w - project_simplex(w - grad(w)))) < tol:
-                break
-    polished = _cagrad_polish(M, b, k, w)
-    if polished is not None and F(polished) <= F(w) + 1e-15:
-        w = polished
-    gw_norm = float(np.sqrt(max(w @ M @ w, 0.0)))
-    if gw_norm <= 1e-15:
+    g0_sq = float(mean @ b)
+    if not g0_sq > 0:  # g_0 = 0: phi = 0 and d = g_0
         return mean.copy()
-    return mean + (k / gw_norm) * w
+    k = c * np.sqrt(g0_sq)
+    one = np.ones(T)
+    s_lo, s_hi = 0.0, float(np.sqrt(np.max(np.diag(M)))) / k  # ||g_w|| <= max_i ||g_i||: phi(s_hi) <= 0
+    s = min(1.0 / c, s_hi)  # g_w = g_0 gives s = ||g_0|| / k
+    best_w, best_s = None, None
+    for _ in range(max_iter):
+        Ms = M + s * (np.outer(b, one) + np.outer(one, b)) + (s * s * g0_sq)
+        w, _ = min_norm_weights(Ms)
+        phi = float(np.sqrt(max(w @ M @ w, 0.0))) - k * s
+        if phi > 0:
+            s_lo = s
+        else:
+            s_hi = s
+        best_w, best_s = w, s
+        exact = _cagrad_face_root(M, b, g0_sq, k, w > 0, s_lo, s_hi)
+        if exact is not None:
+            return mean + exact[0] / exact[1]
+        if s_hi - s_lo <= 1e-13 * s_hi:
+            break
+        s = 0.5 * (s_lo + s_hi)
+    if best_s is None or not best_s > 0:  # pragma: no cover - k > 0 keeps s > 0
+        return mean.copy()
+    return mean + best_w / best_s
 
 
-def _cagrad_polish(M: np.ndarray, b: np.ndarray, k: float, w: np.ndarray) -> np.ndarray | None:
-    """Exact CAGrad minimiser on the support of ``w`` (see :func:`cagrad_weights`), or None."""
-    S = w > 1e-9 * max(float(w.max()), 1e-300)
-    Ms, bs = M[np.ix_(S, S)], b[S]
+def _cagrad_face_root(M: np.ndarray, b: np.ndarray, g0_sq: float, k: float, S: np.ndarray, s_lo: float,
+                      s_hi: float) -> tuple[np.ndarray, float] | None:
+    """The CAGrad solution on the face ``S`` (see :func:`cagrad_weights`) as ``(w, s)``, or None when the
+    face's root is outside ``[s_lo, s_hi]``, its weights are not feasible or not optimal on the simplex."""
+    idx = np.flatnonzero(S)
+    n = idx.size
+    K = np.zeros((n + 1, n + 1))
+    K[:n, :n] = M[np.ix_(idx, idx)]
+    K[:n, n] = 1.0
+    K[n, :n] = 1.0
+    rhs = np.zeros((n + 1, 2))
+    rhs[n, 0] = 1.0
+    rhs[:n, 1] = -b[idx]
     try:
-        p = np.linalg.solve(Ms, np.ones(int(S.sum())))
-        q = np.linalg.solve(Ms, bs)
+        sol = np.linalg.solve(K, rhs)
     except np.linalg.LinAlgError:
         return None
-    a, sq = float(p.sum()), float(q.sum())
-    disc = sq * sq - a * (float(bs @ q) - k * k)
-    if not (a > 0 and disc > 0):
-        return None
-    root = np.sqrt(disc)
-    mu = (sq + root) / a
-    ws = (mu * p - q) / root  # (n/k)(mu p - q) with n = k / root
-    if not np.all(np.isfinite(ws)) or np.any(ws <= 0):
-        return None
-    out = np.zeros_like(w)
-    out[S] = ws / ws.sum()
-    return out
+    w0, w1 = sol[:n, 0], sol[:n, 1]  # w_S(s) = w0 + s w1 (affine-hull projection of -s g_0)
+    Mss = K[:n, :n]
+    alpha, beta, gamma = float(w0 @ Mss @ w0), float(w0 @ Mss @ w1), float(w1 @ Mss @ w1)
+    a2 = gamma - k * k  # ||g_w(s)||^2 - k^2 s^2 = a2 s^2 + 2 beta s + alpha
+    if abs(a2) <= 1e-14 * max(gamma, k * k):
+        roots = [-alpha / (2 * beta)] if beta != 0 else []
+    else:
+        disc = beta * beta - a2 * alpha
+        if disc < 0:
+            return None
+        r = np.sqrt(disc)
+        roots = [(-beta + r) / a2, (-beta - r) / a2]
+    slack = 1e-9 * s_hi
+    cands = [x for x in roots if np.isfinite(x) and x > 0 and s_lo - slack <= x <= s_hi + slack]
+    for s in cands:
+        ws = w0 + s * w1
+        if np.any(ws < -1e-12):
+            continue
+        w = np.zeros(M.shape[0])
+        w[idx] = np.maximum(ws, 0.0)
+        w /= w.sum()
+        # min-norm optimality of w for the shifted gradients: (Ms w)_j >= w^T Ms w for every j
+        Mw = M @ w
+        msw = Mw + s * (b @ w) + s * b + s * s * g0_sq
+        val = float(w @ msw)
+        if np.all(msw >= val - 1e-12 * max(1.0, float(np.max(np.abs(msw))))):
+            return w, s
+    return None
