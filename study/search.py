@@ -42,6 +42,11 @@ SECTIONS = ("train", "method", "weighting", "aggregator", "architecture", "probl
 WHEN_KEYS = ("method", "weighting", "aggregator", "distribution", "architecture", "problem")
 TUNE_KEYS = {"num_samples", "metric", "mode", "sampler", "points_to_evaluate", "space"}
 SCHEDULERS = ("asha", "hyperband", "pbt")
+# train.* settings PBT may change when a trial takes over another's checkpoint: the trainer rescales the
+# restored optimizer's learning rate to a new lr (study/training.py) and reads batch_size and grad_clip
+# every epoch. Other tuned train.* values (optimizer, weight_decay, ...) are drawn once per member and
+# travel unchanged with its checkpoint.
+PBT_MUTABLE = ("lr", "batch_size", "grad_clip")
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,30 @@ class Param:
             v = trial.suggest_float(name, self.low, self.high, log=True)
             return float(min(max(round(v / self.step) * self.step, self.low), self.high))
         return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+
+    def clip(self, value: Any) -> Any:
+        """``value`` moved into the range: clamped to ``low..high``, rounded to ``step`` (and to an int)."""
+        if self.type == "categorical":
+            return value if value in self.choices else self.choices[0]
+        v = min(max(float(value), float(self.low)), float(self.high))
+        if self.step:
+            v = round(v / self.step) * self.step if self.log else self.low + round((v - self.low) / self.step) * self.step
+            v = min(max(v, self.low), self.high)
+        return int(round(v)) if self.type == "int" else float(v)
+
+
+class _Resample:
+    """A fresh draw from a numeric range (PBT's resample step); picklable, uses ``random`` as PBT does."""
+
+    def __init__(self, param: Param):
+        self.param = param
+
+    def __call__(self) -> Any:
+        import random
+
+        p = self.param
+        v = math.exp(random.uniform(math.log(p.low), math.log(p.high))) if p.log else random.uniform(p.low, p.high)
+        return p.clip(v)
 
 
 def cell_facts(cell: dict) -> dict:
@@ -393,15 +422,50 @@ def parse_scheduler(raw: Any, tune_cfg: dict | None) -> dict | None:
     if raw.get("reduction_factor", 2) <= 1:
         raise SpecError("scheduler.reduction_factor", f"must be > 1, got {raw['reduction_factor']}")
     if raw["name"] == "pbt":
-        if not tune_cfg or not any(p.key == "train.lr" or p.type == "categorical" for p in tune_cfg["params"]):
-            raise SpecError("scheduler", "pbt mutates tuned hyperparameters: add tune.space with train.lr "
-                                         "(or a categorical) to perturb")
+        if not tune_cfg or not _pbt_params(tune_cfg):
+            raise SpecError("scheduler", f"pbt mutates tuned hyperparameters: add tune.space with "
+                                         f"{' or '.join('train.' + k for k in PBT_MUTABLE)} to perturb")
         if tune_cfg["num_samples"] < 2:
             raise SpecError("scheduler", "pbt needs a population: set tune.num_samples >= 2")
     return dict(raw)
 
 
-def make_scheduler(sched: dict | None, epochs: int, metric: str, mode: str, tune_cfg: dict | None):
+def _pbt_params(tune_cfg: dict) -> list[Param]:
+    """The tuned ranges PBT perturbs: ``train.lr``, ``train.batch_size``, ``train.grad_clip``."""
+    return [p for p in tune_cfg["params"] if p.key.partition(".")[2] in PBT_MUTABLE and p.key.startswith("train.")]
+
+
+def pbt_population(tune_cfg: dict, cells: list[dict]) -> list[dict]:
+    """PBT's initial population: ``num_samples`` members per grid cell, drawn from the cell's tuned ranges.
+
+    Draws use the same range semantics as the Optuna searcher (integer bounds included, steps, log
+    scale), from an Optuna RandomSampler seeded with ``tune.sampler.seed + cell index``, so the
+    population is the same on every run; ``points_to_evaluate`` that apply to a cell are its first
+    members. Each member's config carries ``cell`` and ``tuned`` like a searcher suggestion.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out = []
+    for i, cell in enumerate(cells):
+        params = [p for p in tune_cfg["params"] if p.applies(cell)]
+        keys = {p.key for p in params}
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=tune_cfg["seed"] + i))
+        for pt in [pt for pt in tune_cfg["points_to_evaluate"] if set(pt) <= keys]:
+            study.enqueue_trial(pt)
+        for _ in range(tune_cfg["num_samples"]):
+            t = study.ask()
+            values = {p.key: p.suggest(t) for p in params}
+            study.tell(t, 0.0)
+            cfg = apply_params(cell, values)
+            cfg["tuned"] = values
+            cfg["cell"] = i
+            out.append(cfg)
+    return out
+
+
+def make_scheduler(sched: dict | None, epochs: int, metric: str, mode: str, tune_cfg: dict | None,
+                   cells: list[dict] | None = None):
     if not sched:
         return None
     from ray.tune import schedulers as S
@@ -415,24 +479,68 @@ def make_scheduler(sched: dict | None, epochs: int, metric: str, mode: str, tune
     if name == "hyperband":
         return S.HyperBandScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=epochs,
                                     reduction_factor=float(sched.get("reduction_factor", 3)))
-    mutations = {}
-    for p in tune_cfg["params"]:
-        section, _, pname = p.key.partition(".")
-        if section != "train":
-            continue
-        if p.type == "categorical":
-            mutations[pname] = list(p.choices)
-        elif p.type == "float":
-            lo, hi, lg = p.low, p.high, p.log
+    return make_pbt(sched, metric, mode, tune_cfg, cells or [])
 
-            def sample(lo=lo, hi=hi, lg=lg):
-                import random
 
-                return math.exp(random.uniform(math.log(lo), math.log(hi))) if lg else random.uniform(lo, hi)
+def _cell_mutations(params: list[Param]) -> dict:
+    return {"trial": {"train": {p.key.partition(".")[2]: list(p.choices) if p.type == "categorical" else _Resample(p)
+                                for p in params}}}
 
-            mutations[pname] = sample
-    return S.PopulationBasedTraining(time_attr="training_iteration", metric=metric, mode=mode,
-                                     perturbation_interval=int(sched.get("perturbation_interval", 1)),
-                                     quantile_fraction=float(sched.get("quantile_fraction", 0.25)),
-                                     resample_probability=float(sched.get("resample_probability", 0.25)),
-                                     hyperparam_mutations={"trial": {"train": mutations}})
+
+def make_pbt(sched: dict, metric: str, mode: str, tune_cfg: dict, cells: list[dict]):
+    """Synchronous PBT with one population per grid cell.
+
+    Ray's PBT ranks all trials of an experiment together and a member copies the *whole* config of the
+    one it exploits; across cells that would turn an EW trial into a UW trial. Here a member only ranks
+    against, and copies from, members of its own cell, and only that cell's tuned ``train.lr``,
+    ``train.batch_size`` and ``train.grad_clip`` are perturbed (x0.8 / x1.2, or redrawn with
+    ``resample_probability``; a categorical moves to a neighbouring choice), then put back into their
+    ranges. Synchronous: members perturb together every ``perturbation_interval`` epochs, so a trial
+    takes over a checkpoint of the same epoch and its result rows have no gap.
+    """
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.schedulers.pbt import _explore
+
+    mutable = _pbt_params(tune_cfg)
+    per_cell = [[p for p in mutable if p.applies(c)] for c in cells]
+
+    def cell_of(trial) -> Any:
+        return trial.config.get("trial", {}).get("cell")
+
+    class CellwisePBT(PopulationBasedTraining):
+        def _quantiles(self):
+            full = self._trial_state
+            lower, upper = [], []
+            try:
+                for cell in {cell_of(t) for t in full}:
+                    self._trial_state = {t: s for t, s in full.items() if cell_of(t) == cell}
+                    lo, up = PopulationBasedTraining._quantiles(self)
+                    lower += lo
+                    upper += up
+            finally:
+                self._trial_state = full
+            return lower, upper
+
+        def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
+            cell = cell_of(trial)
+            return super()._checkpoint_or_exploit(trial, tune_controller,
+                                                  [t for t in upper_quantile if cell_of(t) == cell],
+                                                  [t for t in lower_quantile if cell_of(t) == cell])
+
+        def _get_new_config(self, trial, trial_to_clone):
+            i = cell_of(trial_to_clone)
+            params = per_cell[i] if isinstance(i, int) and i < len(per_cell) else []
+            new_config, ops = _explore(trial_to_clone.config, _cell_mutations(params), self._resample_probability,
+                                       self._perturbation_factors, None)
+            cfg = new_config["trial"]
+            for p in params:
+                name = p.key.partition(".")[2]
+                cfg["train"][name] = p.clip(cfg["train"][name])
+                cfg.setdefault("tuned", {})[p.key] = cfg["train"][name]
+            return new_config, ops
+
+    return CellwisePBT(time_attr="training_iteration", metric=metric, mode=mode, synch=True,
+                       perturbation_interval=int(sched.get("perturbation_interval", 1)),
+                       quantile_fraction=float(sched.get("quantile_fraction", 0.25)),
+                       resample_probability=float(sched.get("resample_probability", 0.25)),
+                       hyperparam_mutations=_cell_mutations(mutable))
