@@ -532,3 +532,37 @@ def test_multilingual_table_specs(name):
 
     spec = load_spec(path, check_data=False)
     assert len(spec.trial_configs()) == 20 * 3
+
+
+def test_feature_cache_keyed_by_file_content_and_tokenizer(tmp_path, tiny_bert, monkeypatch):
+    """The same bytes elsewhere reuse the cache; another tokenizer (one more vocabulary entry) does not."""
+    import shutil
+
+    cache = str(tmp_path / "cache")
+    root = tmp_path / "a"
+    write_pawsx(str(root), langs=("en",), n=(3, 2, 2))
+    PAWSX(root=str(root), model=tiny_bert, languages=["en"], cache_dir=cache).load(seed=0)
+    assert len(os.listdir(cache)) == 3
+    # the same files in another folder: read from the cache, nothing tokenised
+    shutil.copytree(root, tmp_path / "b")
+    monkeypatch.setattr(PAWSX, "featurize", lambda *a, **k: pytest.fail("tokenised again"))
+    PAWSX(root=str(tmp_path / "b"), model=tiny_bert, languages=["en"], cache_dir=cache).load(seed=0)
+    monkeypatch.undo()
+    assert len(os.listdir(cache)) == 3
+    # a tokenizer with another vocabulary: new entries for every split
+    import transformers
+
+    other = tmp_path / "other-bert"
+    shutil.copytree(tiny_bert, other)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (other / name).unlink(missing_ok=True)
+    (tmp_path / "vocab.txt").write_text("\n".join([*VOCAB, "##ing"]) + "\n", encoding="utf-8")
+    transformers.BertTokenizer(str(tmp_path / "vocab.txt"), do_lower_case=False).save_pretrained(str(other))
+    assert "##ing" in transformers.AutoTokenizer.from_pretrained(str(other), local_files_only=True).get_vocab()
+    PAWSX(root=str(root), model=str(other), languages=["en"], cache_dir=cache).load(seed=0)
+    assert len(os.listdir(cache)) == 6
+    # the fingerprint does not depend on where the tokenizer was loaded from
+    here = transformers.AutoTokenizer.from_pretrained(tiny_bert, local_files_only=True)
+    copy = shutil.copytree(tiny_bert, tmp_path / "copy-bert")
+    there = transformers.AutoTokenizer.from_pretrained(str(copy), local_files_only=True)
+    assert _xtreme.tokenizer_fingerprint(here) == _xtreme.tokenizer_fingerprint(there)
