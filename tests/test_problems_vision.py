@@ -342,6 +342,24 @@ def test_one_epoch_study_on_each_problem(data, problem, key, params):
     assert metrics["epoch"] == 1 and np.isfinite(metrics["val_score"])
 
 
+def test_dense_metrics_accumulate_over_the_split_whatever_the_batch_size(data):
+    """Every NYUv2 metric is pooled over the whole test split (4 samples): batches of 3 + 1, 2 + 2 or all 4
+    give the same numbers (a mean of per-batch values would not)."""
+    from study.architectures import build_model
+    from study.training import evaluate
+
+    torch.manual_seed(0)
+    p = NYUv2(root=data["nyuv2"], **DENSE_SMALL)
+    model = build_model(p, "hps")
+    splits = p.load(0)
+    runs = [evaluate(p, model, splits, "test", bs, torch.device("cpu")) for bs in (3, 2, 64)]
+    names = [k for k in runs[0] if not k.endswith("/loss")]
+    assert len(names) == sum(len(ms) for ms in p.metrics().values())
+    for run in runs[:2]:
+        for k in names:
+            assert run[k] == pytest.approx(runs[2][k], rel=1e-9, abs=1e-9), k
+
+
 # -- check-data ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("problem,key,expect", [
