@@ -204,6 +204,15 @@ def test_parameters_are_validated_at_construction():
     assert PAWSX.multi_input and UDPOS.multi_input
     assert PAWSX.defaults["lr"] == 2e-5 and PAWSX.defaults["batch_size"] == 32 and PAWSX.defaults["grad_clip"] == 1.0
     assert UDPOS().metrics()["en"][0].name == "f1"
+    # the paper's optimiser: AdamW, lr 2e-5, eps 1e-8, no weight decay
+    from study.training import make_optimizer
+
+    for cls in (PAWSX, UDPOS):
+        d = cls.defaults
+        opt = make_optimizer(d["optimizer"], [torch.nn.Parameter(torch.zeros(1))], d["lr"], d["weight_decay"])
+        assert type(opt) is torch.optim.AdamW
+        assert (opt.defaults["lr"], opt.defaults["eps"], opt.defaults["weight_decay"]) == (2e-5, 1e-8, 0.0)
+        assert (d["batch_size"], d["grad_clip"]) == (32, 1.0)
 
 
 def test_without_transformers_the_error_says_how_to_install(monkeypatch, tmp_path):
@@ -566,3 +575,47 @@ def test_feature_cache_keyed_by_file_content_and_tokenizer(tmp_path, tiny_bert, 
     copy = shutil.copytree(tiny_bert, tmp_path / "copy-bert")
     there = transformers.AutoTokenizer.from_pretrained(str(copy), local_files_only=True)
     assert _xtreme.tokenizer_fingerprint(here) == _xtreme.tokenizer_fingerprint(there)
+
+
+def test_pawsx_one_epoch_on_xtreme_folder_with_release_test_sets(tmp_path, tiny_bert):
+    """XTREME's own layout as its preprocessing leaves it (csv.writer: CRLF, no header; translate-train
+    files with 5 columns; unlabelled test-{lang}.tsv) plus the release's labelled {lang}/test_2k.tsv."""
+    import csv
+
+    from study.training import train_trial
+
+    rng = np.random.default_rng(4)
+    root = tmp_path / "xtreme_pawsx"
+
+    def rows(lang, n, cols):
+        out = []
+        for i in range(n):
+            a, b = " ".join(_sentence(rng, lang, 4)), " ".join(_sentence(rng, lang, 3))
+            out.append({"xtreme": [a, b, str(i % 2)], "test": [a, b], "mt": ["E1", "E2", a, b, str(i % 2)],
+                        "release": [str(i), a, b, str(i % 2)]}[cols])
+        return out
+
+    def put(path, data, header=None):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, delimiter="\t")
+            if header:
+                w.writerow(header)
+            w.writerows(data)
+
+    put(root / "train-en.tsv", rows("en", 8, "xtreme"))
+    put(root / "translated" / "en-de-translated.tsv", rows("de", 8, "mt") + [["malformed"]])
+    for lang in ("en", "de"):
+        put(root / f"dev-{lang}.tsv", rows(lang, 4, "xtreme"))
+        put(root / f"test-{lang}.tsv", rows(lang, 4, "test"))
+        put(root / lang / "test_2k.tsv", rows(lang, 5, "release"), header=["id", "sentence1", "sentence2", "label"])
+    assert (root / "train-en.tsv").read_bytes().count(b"\r\n") == 8
+    params = {"root": str(root), "model": tiny_bert, "languages": ["en", "de"], "cache_dir": str(tmp_path / "c")}
+    data = PAWSX(**params).load(seed=0)
+    assert {(s, t): len(data[s][t]) for s in data for t in data[s]} == {
+        ("train", "en"): 8, ("train", "de"): 8, ("val", "en"): 4, ("val", "de"): 4, ("test", "en"): 5,
+        ("test", "de"): 5}
+    metrics = train_trial(_config("pawsx", params))
+    for lang in ("en", "de"):
+        acc = metrics[f"test/{lang}/accuracy"]
+        assert acc * 5 == pytest.approx(round(acc * 5))           # k of the release's 5 test pairs
