@@ -204,6 +204,15 @@ def test_parameters_are_validated_at_construction():
     assert PAWSX.multi_input and UDPOS.multi_input
     assert PAWSX.defaults["lr"] == 2e-5 and PAWSX.defaults["batch_size"] == 32 and PAWSX.defaults["grad_clip"] == 1.0
     assert UDPOS().metrics()["en"][0].name == "f1"
+    # the paper's optimiser: AdamW, lr 2e-5, eps 1e-8, no weight decay
+    from study.training import make_optimizer
+
+    for cls in (PAWSX, UDPOS):
+        d = cls.defaults
+        opt = make_optimizer(d["optimizer"], [torch.nn.Parameter(torch.zeros(1))], d["lr"], d["weight_decay"])
+        assert type(opt) is torch.optim.AdamW
+        assert (opt.defaults["lr"], opt.defaults["eps"], opt.defaults["weight_decay"]) == (2e-5, 1e-8, 0.0)
+        assert (d["batch_size"], d["grad_clip"]) == (32, 1.0)
 
 
 def test_without_transformers_the_error_says_how_to_install(monkeypatch, tmp_path):
@@ -532,3 +541,81 @@ def test_multilingual_table_specs(name):
 
     spec = load_spec(path, check_data=False)
     assert len(spec.trial_configs()) == 20 * 3
+
+
+def test_feature_cache_keyed_by_file_content_and_tokenizer(tmp_path, tiny_bert, monkeypatch):
+    """The same bytes elsewhere reuse the cache; another tokenizer (one more vocabulary entry) does not."""
+    import shutil
+
+    cache = str(tmp_path / "cache")
+    root = tmp_path / "a"
+    write_pawsx(str(root), langs=("en",), n=(3, 2, 2))
+    PAWSX(root=str(root), model=tiny_bert, languages=["en"], cache_dir=cache).load(seed=0)
+    assert len(os.listdir(cache)) == 3
+    # the same files in another folder: read from the cache, nothing tokenised
+    shutil.copytree(root, tmp_path / "b")
+    monkeypatch.setattr(PAWSX, "featurize", lambda *a, **k: pytest.fail("tokenised again"))
+    PAWSX(root=str(tmp_path / "b"), model=tiny_bert, languages=["en"], cache_dir=cache).load(seed=0)
+    monkeypatch.undo()
+    assert len(os.listdir(cache)) == 3
+    # a tokenizer with another vocabulary: new entries for every split
+    import transformers
+
+    other = tmp_path / "other-bert"
+    shutil.copytree(tiny_bert, other)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (other / name).unlink(missing_ok=True)
+    (tmp_path / "vocab.txt").write_text("\n".join([*VOCAB, "##ing"]) + "\n", encoding="utf-8")
+    transformers.BertTokenizer(str(tmp_path / "vocab.txt"), do_lower_case=False).save_pretrained(str(other))
+    assert "##ing" in transformers.AutoTokenizer.from_pretrained(str(other), local_files_only=True).get_vocab()
+    PAWSX(root=str(root), model=str(other), languages=["en"], cache_dir=cache).load(seed=0)
+    assert len(os.listdir(cache)) == 6
+    # the fingerprint does not depend on where the tokenizer was loaded from
+    here = transformers.AutoTokenizer.from_pretrained(tiny_bert, local_files_only=True)
+    copy = shutil.copytree(tiny_bert, tmp_path / "copy-bert")
+    there = transformers.AutoTokenizer.from_pretrained(str(copy), local_files_only=True)
+    assert _xtreme.tokenizer_fingerprint(here) == _xtreme.tokenizer_fingerprint(there)
+
+
+def test_pawsx_one_epoch_on_xtreme_folder_with_release_test_sets(tmp_path, tiny_bert):
+    """XTREME's own layout as its preprocessing leaves it (csv.writer: CRLF, no header; translate-train
+    files with 5 columns; unlabelled test-{lang}.tsv) plus the release's labelled {lang}/test_2k.tsv."""
+    import csv
+
+    from study.training import train_trial
+
+    rng = np.random.default_rng(4)
+    root = tmp_path / "xtreme_pawsx"
+
+    def rows(lang, n, cols):
+        out = []
+        for i in range(n):
+            a, b = " ".join(_sentence(rng, lang, 4)), " ".join(_sentence(rng, lang, 3))
+            out.append({"xtreme": [a, b, str(i % 2)], "test": [a, b], "mt": ["E1", "E2", a, b, str(i % 2)],
+                        "release": [str(i), a, b, str(i % 2)]}[cols])
+        return out
+
+    def put(path, data, header=None):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, delimiter="\t")
+            if header:
+                w.writerow(header)
+            w.writerows(data)
+
+    put(root / "train-en.tsv", rows("en", 8, "xtreme"))
+    put(root / "translated" / "en-de-translated.tsv", rows("de", 8, "mt") + [["malformed"]])
+    for lang in ("en", "de"):
+        put(root / f"dev-{lang}.tsv", rows(lang, 4, "xtreme"))
+        put(root / f"test-{lang}.tsv", rows(lang, 4, "test"))
+        put(root / lang / "test_2k.tsv", rows(lang, 5, "release"), header=["id", "sentence1", "sentence2", "label"])
+    assert (root / "train-en.tsv").read_bytes().count(b"\r\n") == 8
+    params = {"root": str(root), "model": tiny_bert, "languages": ["en", "de"], "cache_dir": str(tmp_path / "c")}
+    data = PAWSX(**params).load(seed=0)
+    assert {(s, t): len(data[s][t]) for s in data for t in data[s]} == {
+        ("train", "en"): 8, ("train", "de"): 8, ("val", "en"): 4, ("val", "de"): 4, ("test", "en"): 5,
+        ("test", "de"): 5}
+    metrics = train_trial(_config("pawsx", params))
+    for lang in ("en", "de"):
+        acc = metrics[f"test/{lang}/accuracy"]
+        assert acc * 5 == pytest.approx(round(acc * 5))           # k of the release's 5 test pairs

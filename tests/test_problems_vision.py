@@ -342,6 +342,24 @@ def test_one_epoch_study_on_each_problem(data, problem, key, params):
     assert metrics["epoch"] == 1 and np.isfinite(metrics["val_score"])
 
 
+def test_dense_metrics_accumulate_over_the_split_whatever_the_batch_size(data):
+    """Every NYUv2 metric is pooled over the whole test split (4 samples): batches of 3 + 1, 2 + 2 or all 4
+    give the same numbers (a mean of per-batch values would not)."""
+    from study.architectures import build_model
+    from study.training import evaluate
+
+    torch.manual_seed(0)
+    p = NYUv2(root=data["nyuv2"], **DENSE_SMALL)
+    model = build_model(p, "hps")
+    splits = p.load(0)
+    runs = [evaluate(p, model, splits, "test", bs, torch.device("cpu")) for bs in (3, 2, 64)]
+    names = [k for k in runs[0] if not k.endswith("/loss")]
+    assert len(names) == sum(len(ms) for ms in p.metrics().values())
+    for run in runs[:2]:
+        for k in names:
+            assert run[k] == pytest.approx(runs[2][k], rel=1e-9, abs=1e-9), k
+
+
 # -- check-data ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("problem,key,expect", [
@@ -429,9 +447,11 @@ def test_main_table_specs(name):
     assert raw["problem"]["name"] == name and raw["architecture"] == "hps"
     methods = raw["methods"]
     names = [m if isinstance(m, str) else m["name"] for m in methods]
-    assert sorted(n for n in names if n != "rlw") == sorted(METHODS)
-    assert [m["distribution"] for m in methods if isinstance(m, dict) and m["name"] == "rlw"] == DISTRIBUTIONS
     cls = PROBLEMS.get(name)
+    # RotoGrad rotates one shared representation: single-input problems only (rejected at spec load otherwise)
+    expected = [m for m in METHODS if m != "rotograd" or not cls.multi_input]
+    assert sorted(n for n in names if n != "rlw") == sorted(expected)
+    assert [m["distribution"] for m in methods if isinstance(m, dict) and m["name"] == "rlw"] == DISTRIBUTIONS
     for k, v in raw["train"].items():
         assert cls.defaults[k] == v, k
     assert raw["problem"].get("pretrained") is (name not in ("celeba",))
@@ -443,4 +463,4 @@ def test_main_table_specs(name):
     from study.spec import load_spec
 
     spec = load_spec(path, check_data=False)
-    assert len(spec.methods) == 21 and spec.seeds == [0, 1, 2]
+    assert len(spec.methods) == len(expected) + len(DISTRIBUTIONS) and spec.seeds == [0, 1, 2]

@@ -186,6 +186,19 @@ def test_normal_empty_mask_is_an_error():
         m.compute()
 
 
+# -- accuracy (CelebA, Office) ---------------------------------------------------------------
+
+def test_accuracy_is_pooled_over_samples_not_averaged_over_batches():
+    from study.problems.base import AccuracyMeter
+
+    m = AccuracyMeter()
+    m.update(torch.tensor([[0.0, 1.0]]), torch.tensor([1]))                       # 1 of 1 right
+    m.update(torch.tensor([[1.0, 0.0]] * 3), torch.tensor([1, 1, 1]))             # 0 of 3 right
+    assert m.compute() == {"accuracy": 0.25}                                       # not (1 + 0) / 2
+    with pytest.raises(ValueError, match="empty split"):
+        AccuracyMeter().compute()
+
+
 # -- losses ----------------------------------------------------------------------------------
 
 def test_segmentation_loss_ignores_minus_one_and_is_zero_when_all_ignored():

@@ -68,11 +68,24 @@ def _is_translated(path: str) -> bool:
     return bool(_TRANSLATED.match(os.path.basename(path)))
 
 
-def unlabelled_message(path: str, lang: str | None = None, release: str | None = None) -> str:
-    where = release or os.path.join("ROOT", lang or "{lang}", "test_2k.tsv")
-    return (f"problem pawsx: {path} is an unlabelled test file (sentence1<TAB>sentence2, no label: XTREME's "
-            f"preprocessing drops the test labels); put the PAWS-X release's labelled test set at {where} "
-            f"(x-final/{lang or '{lang}'}/test_2k.tsv), it is then used automatically")
+#: the PAWS-X release's labelled file of each split (under ``x-final/{lang}/``)
+_RELEASE_NAME = {"test": "test_2k.tsv", "val": "dev_2k.tsv", "train": "translated_train.tsv"}
+
+
+def _release_name(split: str, lang: str) -> str:
+    return "train.tsv" if split == "train" and lang == "en" else _RELEASE_NAME[split]
+
+
+def unlabelled_message(path: str, split: str = "test", lang: str | None = None, release: str | None = None) -> str:
+    """One line: ``path`` has no labels; name the labelled release file of ``split`` that replaces it."""
+    code = lang or "{lang}"
+    name = _release_name(split, code)
+    where = release or os.path.join("ROOT", code, name)
+    why = "XTREME's preprocessing drops the test labels" if split == "test" else "no label column"
+    what = {"test": "test set", "val": "dev set", "train": "training set" if code == "en" else
+            "machine-translated training set"}[split]
+    return (f"problem pawsx: {path} is unlabelled (sentence1<TAB>sentence2 rows: {why}); put the PAWS-X "
+            f"release's labelled {what} at {where} (x-final/{code}/{name}), it is then used automatically")
 
 
 def is_unlabelled(path: str, lines: int = 20) -> bool:
@@ -118,7 +131,10 @@ def read_pawsx(path: str, lenient: bool | None = None) -> tuple[list[str], list[
             if lineno == 1 and label not in ("0", "1") and len(fields) != 2:
                 continue  # header
             if len(fields) == 2 and not lenient:
-                raise DataError(unlabelled_message(f"{path}:{lineno}"))
+                if not labels:   # the file starts unlabelled: XTREME's test file, or one like it
+                    raise DataError(unlabelled_message(path))
+                raise DataError(f"problem pawsx: {path}:{lineno}: 2 fields (sentence1<TAB>sentence2), the label "
+                                f"is missing; every row needs sentence1<TAB>sentence2<TAB>label (0/1)")
             if len(fields) not in widths or label not in ("0", "1"):
                 if lenient:
                     skipped += 1
@@ -133,7 +149,9 @@ def read_pawsx(path: str, lenient: bool | None = None) -> tuple[list[str], list[
     if skipped:
         if skipped > len(labels):
             raise DataError(f"problem pawsx: {path}: {skipped} of {skipped + len(labels)} rows are not "
-                            f"[en_sentence1<TAB>en_sentence2<TAB>]sentence1<TAB>sentence2<TAB>label (label 0/1)")
+                            f"[en_sentence1<TAB>en_sentence2<TAB>]sentence1<TAB>sentence2<TAB>label (label 0/1), "
+                            f"so the file is rejected; replace it with a well-formed one, e.g. the PAWS-X release's "
+                            f"x-final/{{lang}}/translated_train.tsv")
         log.warning("pawsx: %s: skipped %d malformed rows of %d", path, skipped, skipped + len(labels))
     return s1, s2, np.asarray(labels, dtype=np.int64)
 
@@ -188,6 +206,8 @@ class PAWSX(XtremeProblem):
             path = os.path.join(self.root, os.path.expanduser(self.train_files[lang]))
             if not os.path.isfile(path):
                 raise DataError(f"problem pawsx: train_files.{lang} = {path!r} does not exist")
+            if is_unlabelled(path):
+                raise DataError(unlabelled_message(f"train_files.{lang} = {path}", "train", lang))
             return [path]
         candidates = self.candidates(split, lang)
         unlabelled = []
@@ -199,7 +219,7 @@ class PAWSX(XtremeProblem):
                 continue
             return [path]
         if unlabelled:
-            raise DataError(unlabelled_message(unlabelled[0], lang, candidates[-1]))
+            raise DataError(unlabelled_message(unlabelled[0], split, lang, candidates[-1]))
         raise DataError(f"problem pawsx: no {split} file for {lang!r}: looked for {', '.join(candidates)} (XTREME "
                         f"and PAWS-X release layouts); set problem.root to the folder holding them")
 

@@ -112,8 +112,8 @@ def tsv_labels(path: str) -> str:
             if not line.strip():
                 continue
             parts = _split_pos_line(line)
-            if len(parts) == 1:
-                tokens += 1
+            if len(parts) == 1 or ("\t" not in line and parts[-1] not in TAG_INDEX):
+                tokens += 1   # a bare token (one with inner white space, e.g. U+00A0, is one too)
                 continue
             if len(parts) != 2 or parts[1].strip() != "X":
                 return "labelled"   # a real tag (or a malformed line, which the reader reports)
@@ -138,7 +138,10 @@ def read_xtreme_pos(path: str) -> list[Sentence]:
                 continue
             parts = _split_pos_line(line)
             if len(parts) == 1:
-                raise DataError(unlabelled_message(f"{path}:{lineno}", TOKENS_ONLY))
+                if not out and not words:   # the file starts with bare tokens: XTREME's test file
+                    raise DataError(unlabelled_message(path, TOKENS_ONLY))
+                raise DataError(f"problem udpos: {path}:{lineno}: {line[:60]!r} has no tag; every word line is "
+                                f"token<TAB>TAG")
             if len(parts) != 2:
                 raise DataError(f"problem udpos: {path}:{lineno}: expected token<TAB>TAG, got {line[:60]!r}")
             words.append(parts[0].strip())
