@@ -212,7 +212,18 @@ def analyze(studies: Sequence[StudyRef], options: Options | None = None) -> Anal
     _per_problem(a, at)
     _across_problems(a)
     a.cost = _cost(pd.concat(epochs, ignore_index=True), trial_info)
+    _name_convention(a)
     return a
+
+
+def _name_convention(a: Analysis) -> None:
+    """Every tidy table that carries Delta_m says which convention and which reference it is in."""
+    for name in ("trials", "per_problem", "tests", "overall"):
+        t = getattr(a, name)
+        if len(t.columns):
+            t["delta_m_convention"] = a.options.convention
+            if "problem" in t.columns:
+                t["delta_m_reference"] = t["problem"].astype(str).map(a.delta_reference)
 
 
 def _select(a: Analysis, rows: pd.DataFrame, delta_default: str | None) -> pd.DataFrame:
