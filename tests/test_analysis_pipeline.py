@@ -265,3 +265,22 @@ def test_cost_columns_hand_computed(tmp_path):
     assert c.loc["EW", "gpu_hours"] == pytest.approx(3 * 5 * 2.0 * 0.5 / 3600)
     assert c.loc["EW", "wall_hours"] == pytest.approx(3 * 5 * 2.0 / 3600)
     assert c.loc["UW", "gpu_hours"] == pytest.approx((2 * 5 + 2) * 2.0 * 0.5 / 3600)
+
+
+def test_study_filter_before_reading(tmp_path):
+    write_study(tmp_path, "one", methods=["EW", "RLW"], seeds=2, epochs=2)
+    write_study(tmp_path, "two", methods=["EW", "RLW", "UW"], seeds=2, epochs=2)
+    # A study that cannot be read at all: filtered out by name, its files are never opened.
+    (tmp_path / "broken" / "results").mkdir(parents=True)
+    (tmp_path / "broken" / "study.json").write_text('{"name": "broken"}')
+    (tmp_path / "broken" / "results" / "part-x.parquet").write_text("not parquet")
+    studies = find_studies(str(tmp_path))
+    a = analyze(studies, Options(studies=["two"]))
+    assert set(a.trials["study"]) == {"two"} and len(a.trials) == 6
+    b = analyze(studies, Options(studies=["one", "two"]))
+    assert set(b.trials["study"]) == {"one", "two"} and len(b.trials) == 10
+    with pytest.raises(AnalysisError, match="--study 'three': no such study.*studies: broken, one, two"):
+        analyze(studies, Options(studies=["three"]))
+    # Without the filter the unreadable file is a one-line error naming it, not a traceback.
+    with pytest.raises(AnalysisError, match="cannot read result file .*broken/results/part-x.parquet"):
+        analyze(studies)

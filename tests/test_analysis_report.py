@@ -102,8 +102,10 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
 def test_default_out_and_options(tmp_path):
     study = write_study(tmp_path, "s", methods=["EW", "RLW", "UW"], seeds=2, epochs=2)
     args = parse([study, "--select", "metric:accuracy", "--test", "ttest", "--include-incomplete",
-                  "--problem", "multidigits", "--method", "EW", "--method", "RLW", "--bootstrap", "200"])
+                  "--problem", "multidigits", "--method", "EW", "--method", "RLW", "--bootstrap", "200",
+                  "--study", "s"])
     opts = cli.options_from_args(args)
+    assert opts.studies == ["s"]
     assert opts.select == "metric:accuracy" and opts.test == "ttest" and opts.include_incomplete
     assert opts.methods == ["EW", "RLW"] and opts.problems == ["multidigits"]
     assert cli.run(args) == 0
@@ -173,6 +175,8 @@ def test_paper_tables_mean_std_and_significance_markers(multi_report):
     md = (out / "report.md").read_text()
     paper = [t for t in _md_tables(md) if "seeds |" in t[0] and "95% CI" in t[0]]
     assert len(paper) == 3                                   # one per problem
+    # Average metric for single-type problems (p1, p3: accuracy only), none for mixed p2 (err + acc).
+    assert ["avg acc ↑" in t[0] for t in paper] == [True, False, True]
     for t in paper:
         rows = {r.split("|")[1].strip(): r for r in t[2:]}
         assert "▼" in rows["BAD"] and "▲" not in rows["BAD"]
