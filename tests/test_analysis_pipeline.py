@@ -284,3 +284,17 @@ def test_study_filter_before_reading(tmp_path):
     # Without the filter the unreadable file is a one-line error naming it, not a traceback.
     with pytest.raises(AnalysisError, match="cannot read result file .*broken/results/part-x.parquet"):
         analyze(studies)
+
+
+def test_five_seeds_wilcoxon_is_stated_underpowered(tmp_path):
+    write_study(tmp_path, "five", methods={"EW": 0, "RLW": 0, "BAD": -5}, seeds=5, epochs=2, noise=0.3)
+    a = analyze(find_studies(str(tmp_path / "five")))
+    assert any("with 5 matched seeds the wilcoxon test cannot reach alpha = 0.05 (smallest attainable p = 0.0625)"
+               in n and "Run more seeds (6+)" in n for n in a.notes)
+    t = a.tests[a.tests["role"] == "litmus"].set_index("method")
+    assert t.loc["BAD", "p"] == pytest.approx(0.0625) and t.loc["BAD", "verdict"] == "indistinguishable from"
+    assert not t["can_reach_alpha"].any()
+    # The paired t-test can reach alpha with 5 seeds: no such note, and BAD is found worse.
+    b = analyze(find_studies(str(tmp_path / "five")), Options(test="ttest"))
+    assert not any("cannot reach alpha" in n and "matched seeds" in n for n in b.notes)
+    assert b.per_problem.set_index("method").loc["BAD", "verdict"] == "worse than"

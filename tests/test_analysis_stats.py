@@ -17,6 +17,7 @@ def test_friedman_check_values_tie_corrected():
     r = stats.friedman(FRIEDMAN_X)
     assert r.statistic == pytest.approx(6.8696, abs=1e-4)
     assert r.p == pytest.approx(0.0322, abs=1e-4)
+    assert (round(r.statistic, 4), round(r.p, 4)) == (6.8696, 0.0322)      # to the stated decimals
     assert r.flag == ""
     # Most extreme ranking of 6 blocks x 3 methods: chi2 = N (k - 1) = 12.
     assert r.min_p == pytest.approx(math.exp(-12 / 2), rel=1e-9)
@@ -28,12 +29,14 @@ def test_nemenyi_check_values():
     assert p.loc["a", "c"] == pytest.approx(0.8322, abs=1e-4)
     assert p.loc["b", "c"] == pytest.approx(0.0376, abs=1e-4)
     assert p.loc["c", "b"] == p.loc["b", "c"]
+    assert [round(p.loc[i, j], 4) for i, j in (("a", "b"), ("a", "c"), ("b", "c"))] == [0.1455, 0.8322, 0.0376]
 
 
 def test_critical_difference_k4_n14():
     q, cd = stats.critical_difference(4, 14, 0.05)
     assert q == pytest.approx(2.569, abs=5e-4)
     assert cd == pytest.approx(1.2536, abs=5e-5)
+    assert (round(q, 3), round(cd, 4)) == (2.569, 1.2536)
     assert cd == pytest.approx(q * math.sqrt(4 * 5 / (6 * 14)), rel=1e-12)
 
 
