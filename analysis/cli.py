@@ -37,6 +37,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="include errored, diverged, early-stopped and running trials (at their best epoch so far)")
     parser.add_argument("--problem", dest="problems", action="append", metavar="NAME",
                         help="analyse only this problem (repeatable)")
+    parser.add_argument("--study", dest="studies", action="append", metavar="NAME",
+                        help="when PATH holds several studies, analyse only this one (repeatable; default: all)")
     parser.add_argument("--method", dest="methods", action="append", metavar="LABEL",
                         help="analyse only this method label (repeatable)")
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default: 0.95)")
@@ -53,6 +55,7 @@ def options_from_args(args: argparse.Namespace):
     return Options(reference=args.reference, delta_reference=args.delta_reference, select=args.select,
                    alpha=args.alpha, include_incomplete=args.include_incomplete, test=args.test,
                    convention=args.convention, problems=args.problems, methods=args.methods,
+                   studies=getattr(args, "studies", None),
                    confidence=args.confidence, n_boot=args.bootstrap)
 
 

@@ -229,7 +229,11 @@ def plan_by_problem(studies: Sequence[StudyRef], trials: pd.DataFrame, *, proble
             if hit is not None:
                 found = {hit}
             else:
-                t = _dataset(study, RESULTS_DIR, RESULT_SCHEMA, [path]).to_table(columns=["problem", "method"])
+                try:
+                    t = _dataset(study, RESULTS_DIR, RESULT_SCHEMA, [path]).to_table(columns=["problem", "method"])
+                except (pa.ArrowInvalid, OSError) as e:
+                    raise AnalysisError(f"cannot read result file {path}: {str(e).splitlines()[0]}; move it away "
+                                        "(or leave its study out with --study)") from e
                 found = {(str(p), str(m)) for p, m in t.to_pandas().drop_duplicates().itertuples(index=False)}
             for problem, method in found:
                 if (problems is not None and problem not in problems) or (methods is not None and method not in methods):

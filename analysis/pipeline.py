@@ -49,6 +49,7 @@ class Options:
     convention: str = "per-task"
     problems: Sequence[str] | None = None
     methods: Sequence[str] | None = None
+    studies: Sequence[str] | None = None    # study names to keep when PATH holds several
     confidence: float = 0.95
     n_boot: int = 9999
     seed: int = 0
@@ -138,6 +139,21 @@ def resolve_reference(requested: str | None, default: str, names: Sequence[str],
     return None
 
 
+def select_studies(studies: Sequence[StudyRef], names: Sequence[str] | None) -> list[StudyRef]:
+    """The studies named in ``names`` (``--study``), before any of their files is read; all if None."""
+    studies = list(studies)
+    if names is None:
+        return studies
+    labels = study_labels(studies)
+    have = {s.name for s in studies} | set(labels)
+    missing = [n for n in dict.fromkeys(names) if n not in have]
+    if missing:
+        raise AnalysisError(f"--study {missing[0]!r}: no such study at this path; studies: "
+                            f"{', '.join(sorted({s.name for s in studies}))}")
+    want = set(names)
+    return [s for s, label in zip(studies, labels) if s.name in want or label in want]
+
+
 # ---------------------------------------------------------------------------------------------- main
 def analyze(studies: Sequence[StudyRef], options: Options | None = None) -> Analysis:
     """Read, select, score and test ``studies``; see the module docstring for the units of analysis.
@@ -147,6 +163,7 @@ def analyze(studies: Sequence[StudyRef], options: Options | None = None) -> Anal
     """
     opts = options or Options()
     opts.validate()
+    studies = select_studies(studies, opts.studies)
     status = read_trials(studies)
     plan = plan_by_problem(studies, status, problems=opts.problems, methods=opts.methods)
     if not plan.pairs:
@@ -212,7 +229,18 @@ def analyze(studies: Sequence[StudyRef], options: Options | None = None) -> Anal
     _per_problem(a, at)
     _across_problems(a)
     a.cost = _cost(pd.concat(epochs, ignore_index=True), trial_info)
+    _name_convention(a)
     return a
+
+
+def _name_convention(a: Analysis) -> None:
+    """Every tidy table that carries Delta_m says which convention and which reference it is in."""
+    for name in ("trials", "per_problem", "tests", "overall"):
+        t = getattr(a, name)
+        if len(t.columns):
+            t["delta_m_convention"] = a.options.convention
+            if "problem" in t.columns:
+                t["delta_m_reference"] = t["problem"].astype(str).map(a.delta_reference)
 
 
 def _select(a: Analysis, rows: pd.DataFrame, delta_default: str | None) -> pd.DataFrame:

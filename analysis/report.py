@@ -18,7 +18,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.pipeline import Analysis
-from analysis.scores import CONVENTIONS, EXCLUDED_METRICS
+from analysis.scores import CONVENTION_TAGS, CONVENTIONS, EXCLUDED_METRICS
 
 UP, DOWN = "▲", "▼"
 
@@ -73,13 +73,17 @@ def build(a: Analysis) -> list[Block]:
     conv = CONVENTIONS[o.convention]
     ref = a.reference
     dref_names = sorted(set(a.delta_reference.values()))
-    dm_label = f"Δm (%) vs {'/'.join(dref_names) or '–'}"
+    tag = CONVENTION_TAGS[o.convention]
+    # Every table that shows Delta_m names its convention in the column header.
+    dm_label = f"Δm (%) vs {'/'.join(dref_names) or '–'} [{tag}]"
     b: list[Block] = [Block("h1", "mtl-litmus report: " + ", ".join(s.name for s in a.studies))]
     test_name = "Wilcoxon signed-rank test" if o.test == "wilcoxon" else "paired t-test"
+    test_selected = [p for p in a.problems if a.selected_on.get(p, "val") != "val"]
+    on_test = (f" (ON TEST DATA for {', '.join(test_selected)}: no validation split)" if test_selected else "")
     b.append(Block("p", (
         f"Studies: {', '.join(s.name for s in a.studies)}. Problems: {', '.join(a.problems)}. "
         f"Methods: {', '.join(a.methods)}. Trials analysed: {len(a.trials)}. "
-        f"Model selection: `{o.select}` on the validation split; each trial's test metrics are reported at "
+        f"Model selection: `{o.select}` on the validation split{on_test}; each trial's test metrics are reported at "
         f"its selected epoch. Litmus reference (verdicts): **{ref or 'none'}**. "
         f"Δm reference: **{', '.join(dref_names) or 'none'}**. Paired {test_name} over matched seeds, "
         f"Holm-corrected across methods, alpha = {o.alpha:g}.")))
@@ -102,7 +106,7 @@ def build(a: Analysis) -> list[Block]:
         table = grid.reset_index().rename(columns={"method": "method"})
         b.append(Block("table", table=table))
         b.append(Block("p", (f"Per problem: {o.test} test of each method's Δm against {ref}'s over matched seeds, "
-                             f"Holm-corrected across methods. Overall: the same test over all matched "
+                             f"Holm-corrected across methods ({o.convention} Δm, {tag}). Overall: the same test over all matched "
                              f"(problem, seed) pairs, Holm-corrected across methods. 'indistinguishable from' "
                              f"means no significant difference at alpha = {o.alpha:g}, not equality.")))
 
@@ -118,12 +122,13 @@ def build(a: Analysis) -> list[Block]:
                              f"{conv}. Δm reference here: {a.delta_reference.get(problem)}. "
                              "Rank: mean rank over the test metrics (1 = best).")))
         b.append(Block("table", table=test_table(a, problem)))
-        b.append(Block("p", ("Δ: mean paired difference of Δm (positive = method better) over matched seeds; "
+        b.append(Block("p", ("mean Δm diff: mean paired difference of Δm over matched seeds, signed so that positive = "
+                             "method better whatever the convention; "
                              "p (Holm) adjusted across methods; d_z: Cohen's paired effect size (undefined "
                              "when the differences have no variance); P(improve): probability that a run of "
                              "the method beats a run of the reference (Agarwal et al., 2021); min p: the "
                              "smallest p-value the test can give with this many seeds.")))
-        ylabel = f"{dm_label}, positive = {'worse' if o.convention == 'all-metrics' else 'better'}"
+        ylabel = dm_label
         fig = plots.problem_figure(a.trials, a.per_problem, problem, a.methods, ref, ylabel, o.confidence)
         if fig:
             b.append(Block("figure", (f"{problem}: left, mean Δm with its {o.confidence:.0%} bootstrap CI over "
@@ -170,7 +175,7 @@ def build(a: Analysis) -> list[Block]:
         pw = a.pairwise.copy()
         b.append(Block("table", table=pd.DataFrame({
             "method A": pw["method_a"], "method B": pw["method_b"], "problems": pw["n"],
-            "mean Δ (A − B)": pw["mean_diff"].map(fmt), "p": pw["p"].map(fmt_p), "p (Holm)": pw["p_holm"].map(fmt_p),
+            f"mean Δm diff A − B [{o.convention}, + = A better]": pw["mean_diff"].map(fmt), "p": pw["p"].map(fmt_p), "p (Holm)": pw["p_holm"].map(fmt_p),
             "min p": pw["min_p"].map(fmt_p), "note": pw["flag"]})))
     fig = plots.overall_iqm_plot(a.overall, a.methods, ref, dm_label)
     if fig:
@@ -185,7 +190,7 @@ def build(a: Analysis) -> list[Block]:
 
     # --- cost
     b.append(Block("h2", "Cost beside quality"))
-    b.append(Block("table", table=cost_table(a)))
+    b.append(Block("table", table=cost_table(a, dm_label)))
     b.append(Block("p", "Median wall time per training epoch and per step over all epochs run; GPU-hours = "
                         "Σ trial wall time × GPUs held; wall-hours = Σ trial wall time (all trials, "
                         "including incomplete ones)."))
@@ -266,7 +271,8 @@ def test_table(a: Analysis, problem: str) -> pd.DataFrame:
     order = {m: i for i, m in enumerate(a.methods)}
     t = t.assign(_o=t["method"].map(order)).sort_values(["role", "_o"], ascending=[False, True])
     return pd.DataFrame({
-        "method": t["method"], "vs": t["reference"], "seeds": t["n_pairs"], "Δ (mean diff)": t["mean_diff"].map(fmt),
+        "method": t["method"], "vs": t["reference"], "seeds": t["n_pairs"],
+        f"mean Δm diff [{a.options.convention}, + = method better]": t["mean_diff"].map(fmt),
         "p": t["p"].map(fmt_p), "p (Holm)": t["p_holm"].map(fmt_p), "min p": t["min_p"].map(fmt_p),
         "d_z": t["effect_dz"].map(fmt), "effect": t["effect"], "P(improve)": t["prob_improvement"].map(fmt),
         "verdict": [f"{v} {r}" if v not in ("undefined",) else "undefined" for v, r in zip(t["verdict"], t["reference"])],
@@ -297,14 +303,14 @@ def overall_table(a: Analysis, dm_label: str) -> pd.DataFrame:
             "better/indist./worse": ("–" if m == a.reference or not np.isfinite(r.get("problems_better", math.nan))
                                      else f"{int(r['problems_better'])}/{int(r['problems_indistinguishable'])}/"
                                           f"{int(r['problems_worse'])}"),
-            f"p vs {a.reference} (Holm)": fmt_p(r.get("p_holm", math.nan)),
+            f"p vs {a.reference} (Holm)": "–" if m == a.reference else fmt_p(r.get("p_holm", math.nan)),
             "P(improve)": fmt(r.get("prob_improvement", math.nan)),
             "verdict": r.get("verdict", "–") if isinstance(r.get("verdict", None), str) else "–",
         })
     return pd.DataFrame(rows)
 
 
-def cost_table(a: Analysis) -> pd.DataFrame:
+def cost_table(a: Analysis, dm_label: str) -> pd.DataFrame:
     c = a.cost.set_index("method") if len(a.cost) else pd.DataFrame()
     per = a.overall.set_index("method") if len(a.overall) else pd.DataFrame()
     rows = []
@@ -312,7 +318,7 @@ def cost_table(a: Analysis) -> pd.DataFrame:
         if m not in c.index:
             continue
         r = c.loc[m]
-        rows.append({"method": m, "mean Δm (%)": fmt(per["delta_m_mean"].get(m, math.nan)) if len(per) else "–",
+        rows.append({"method": m, f"mean {dm_label}": fmt(per["delta_m_mean"].get(m, math.nan)) if len(per) else "–",
                      "median s/epoch": fmt(r["median_epoch_s"], 3), "median s/step": fmt(r["median_step_s"], 4),
                      "trials": int(r["trials"]) if np.isfinite(r["trials"]) else 0,
                      "wall-hours": fmt(r["wall_hours"], 3), "GPU-hours": fmt(r["gpu_hours"], 3)})

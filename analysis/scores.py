@@ -25,6 +25,12 @@ CONVENTIONS = {
                     "positive = WORSE than the reference"),
 }
 
+#: the short name of each convention, put in every table header and tidy table that carries Delta_m
+CONVENTION_TAGS = {
+    "per-task": "per-task mean, + = better",
+    "all-metrics": "mean of all metrics, + = worse",
+}
+
 #: metrics that are never part of Delta_m (the training objective is not a quality metric)
 EXCLUDED_METRICS = frozenset({"loss"})
 

@@ -186,3 +186,115 @@ def test_uri_paths_go_through_pyarrow_filesystems(tmp_path):
     studies = find_studies(f"file://{tmp_path}/u")
     assert [s.name for s in studies] == ["u"]
     assert len(analyze(studies).trials) == 4
+
+
+def test_selection_uses_validation_never_test(tmp_path):
+    """Validation peaks at epoch 2, test at epoch 4: every criterion reads validation rows only."""
+
+    def split_disagree(problem, task, metric, method, seed, epoch, split):
+        if metric == "loss":
+            return {1: 0.9, 2: 0.5, 3: 0.7, 4: 0.8}[epoch] if split == "val" else {1: 0.9, 2: 0.8, 3: 0.7, 4: 0.1}[epoch]
+        peak = 2 if split == "val" else 4
+        return 0.5 + (0.2 if epoch == peak else 0.0) + 0.01 * seed + (0.03 if method == "RLW" else 0.0)
+
+    write_study(tmp_path, "sd", methods=["EW", "RLW"], seeds=2, epochs=4, values=split_disagree)
+    for crit, epoch in (("delta_m", 2), ("metric:accuracy", 2), ("metric:left/accuracy", 2), ("metric:loss", 2),
+                        ("last", 4)):
+        a = analyze(find_studies(str(tmp_path / "sd")), Options(select=crit))
+        assert set(a.trials["epoch"]) == {epoch}, crit
+        assert a.selected_on == {"multidigits": "val"}
+        assert not any("TEST DATA" in n for n in a.notes)
+        # Test metrics are reported at that epoch: 0.5 + seed/100 (+0.03 RLW) at epoch 2, +0.2 at epoch 4.
+        tm = a.trial_metrics.set_index(["method", "seed", "task", "metric"])["value"]
+        assert tm[("RLW", 1, "left", "accuracy")] == pytest.approx(0.54 + (0.2 if epoch == 4 else 0.0))
+
+
+def test_nyuv2_check_case_end_to_end(tmp_path):
+    """The issue's check case through the whole pipeline: only mIoU moves from 0.3830 to 0.400."""
+    from analysis.synthetic import NYUV2, NYUV2_BASE
+
+    order = [(t, m) for t, ms in NYUV2["nyuv2"].items() for m, _ in ms]
+
+    def values(problem, task, metric, method, seed, epoch, split):
+        if metric == "loss":
+            return 1.0
+        v = NYUV2_BASE[order.index((task, metric))]
+        return 0.400 if (method == "X" and metric == "mIoU") else v
+
+    write_study(tmp_path, "nyu", problems=NYUV2, methods=["EW", "RLW", "X"], seeds=2, epochs=2, values=values)
+    a = analyze(find_studies(str(tmp_path / "nyu")))
+    per = a.per_problem.set_index("method")
+    assert round(per.loc["X", "delta_m_mean"], 3) == 0.740
+    assert per.loc["RLW", "delta_m_mean"] == 0.0
+    b = analyze(find_studies(str(tmp_path / "nyu")), Options(convention="all-metrics"))
+    assert round(b.per_problem.set_index("method").loc["X", "delta_m_mean"], 3) == -0.493
+    assert set(a.per_problem["delta_m_convention"]) == {"per-task"}
+    assert set(b.per_problem["delta_m_convention"]) == {"all-metrics"}
+    assert set(b.trials["delta_m_convention"]) == {"all-metrics"} and set(b.overall["delta_m_convention"]) == {"all-metrics"}
+    assert set(a.per_problem["delta_m_reference"]) == {"EW"} and set(a.trials["delta_m_reference"]) == {"EW"}
+    # Mixed metric types: no "average metric" column for NYUv2.
+    assert per["avg_metric_mean"].isna().all()
+
+
+def test_tests_against_rlw_and_ew(demo):
+    a = analyze(find_studies(str(demo / "demo")))
+    roles = a.tests.groupby("role")
+    lit, dlt = roles.get_group("litmus"), roles.get_group("delta")
+    assert set(lit["reference"]) == {"RLW"} and set(lit["method"]) == {"EW", "UW", "GOOD"}
+    assert set(dlt["reference"]) == {"EW"} and set(dlt["method"]) == {"RLW", "UW", "GOOD"}
+    # EW's mean Delta_m is 0, so the mean paired difference vs EW is the method's own mean Delta_m.
+    per = a.per_problem.set_index("method")["delta_m_mean"]
+    d = dlt.set_index("method")
+    assert d.loc["GOOD", "mean_diff"] == pytest.approx(per["GOOD"])
+    # Every seed moves GOOD and EW alike: constant differences, so the effect size is undefined, not "large".
+    assert np.isnan(d.loc["GOOD", "effect_dz"]) and d.loc["GOOD", "effect"] == "undefined"
+    # Holm across the three methods within each reference.
+    from statsmodels.stats.multitest import multipletests
+
+    assert np.allclose(lit["p_holm"], multipletests(lit["p"], method="holm")[1])
+
+
+def test_cost_columns_hand_computed(tmp_path):
+    # 3 seeds x 5 epochs x 2.0 s at 0.5 GPU; UW seed 2 diverged after 2 epochs (its cost still counts).
+    write_study(tmp_path, "c", methods=["EW", "RLW", "UW"], seeds=3, epochs=5, gpus=0.5, time_epoch_s=2.0,
+                statuses={("UW", 2): ("diverged", 2)})
+    a = analyze(find_studies(str(tmp_path / "c")))
+    c = a.cost.set_index("method")
+    assert c.loc["EW", "median_epoch_s"] == 2.0 and c.loc["EW", "median_step_s"] == pytest.approx(0.02)
+    assert c.loc["EW", "trials"] == 3 and c.loc["UW", "trials"] == 3
+    assert c.loc["EW", "gpu_hours"] == pytest.approx(3 * 5 * 2.0 * 0.5 / 3600)
+    assert c.loc["EW", "wall_hours"] == pytest.approx(3 * 5 * 2.0 / 3600)
+    assert c.loc["UW", "gpu_hours"] == pytest.approx((2 * 5 + 2) * 2.0 * 0.5 / 3600)
+
+
+def test_study_filter_before_reading(tmp_path):
+    write_study(tmp_path, "one", methods=["EW", "RLW"], seeds=2, epochs=2)
+    write_study(tmp_path, "two", methods=["EW", "RLW", "UW"], seeds=2, epochs=2)
+    # A study that cannot be read at all: filtered out by name, its files are never opened.
+    (tmp_path / "broken" / "results").mkdir(parents=True)
+    (tmp_path / "broken" / "study.json").write_text('{"name": "broken"}')
+    (tmp_path / "broken" / "results" / "part-x.parquet").write_text("not parquet")
+    studies = find_studies(str(tmp_path))
+    a = analyze(studies, Options(studies=["two"]))
+    assert set(a.trials["study"]) == {"two"} and len(a.trials) == 6
+    b = analyze(studies, Options(studies=["one", "two"]))
+    assert set(b.trials["study"]) == {"one", "two"} and len(b.trials) == 10
+    with pytest.raises(AnalysisError, match="--study 'three': no such study.*studies: broken, one, two"):
+        analyze(studies, Options(studies=["three"]))
+    # Without the filter the unreadable file is a one-line error naming it, not a traceback.
+    with pytest.raises(AnalysisError, match="cannot read result file .*broken/results/part-x.parquet"):
+        analyze(studies)
+
+
+def test_five_seeds_wilcoxon_is_stated_underpowered(tmp_path):
+    write_study(tmp_path, "five", methods={"EW": 0, "RLW": 0, "BAD": -5}, seeds=5, epochs=2, noise=0.3)
+    a = analyze(find_studies(str(tmp_path / "five")))
+    assert any("with 5 matched seeds the wilcoxon test cannot reach alpha = 0.05 (smallest attainable p = 0.0625)"
+               in n and "Run more seeds (6+)" in n for n in a.notes)
+    t = a.tests[a.tests["role"] == "litmus"].set_index("method")
+    assert t.loc["BAD", "p"] == pytest.approx(0.0625) and t.loc["BAD", "verdict"] == "indistinguishable from"
+    assert not t["can_reach_alpha"].any()
+    # The paired t-test can reach alpha with 5 seeds: no such note, and BAD is found worse.
+    b = analyze(find_studies(str(tmp_path / "five")), Options(test="ttest"))
+    assert not any("cannot reach alpha" in n and "matched seeds" in n for n in b.notes)
+    assert b.per_problem.set_index("method").loc["BAD", "verdict"] == "worse than"

@@ -19,6 +19,8 @@ def test_delta_m_nyuv2_check_case():
     changed[0] = 0.400
     assert delta_m(changed, NYUV2_BASE, NYU_HIB, NYU_TASKS) == pytest.approx(0.740, abs=5e-4)
     assert delta_m(changed, NYUV2_BASE, NYU_HIB, NYU_TASKS, "all-metrics") == pytest.approx(-0.493, abs=5e-4)
+    assert round(delta_m(changed, NYUV2_BASE, NYU_HIB, NYU_TASKS), 3) == 0.740
+    assert round(delta_m(changed, NYUV2_BASE, NYU_HIB, NYU_TASKS, "all-metrics"), 3) == -0.493
     # Exact: (0.017 / 0.383 * 100) / 2 tasks-metrics / 3 tasks.
     assert delta_m(changed, NYUV2_BASE, NYU_HIB, NYU_TASKS) == pytest.approx(0.017 / 0.383 * 100 / 2 / 3)
 

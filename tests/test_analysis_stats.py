@@ -17,6 +17,7 @@ def test_friedman_check_values_tie_corrected():
     r = stats.friedman(FRIEDMAN_X)
     assert r.statistic == pytest.approx(6.8696, abs=1e-4)
     assert r.p == pytest.approx(0.0322, abs=1e-4)
+    assert (round(r.statistic, 4), round(r.p, 4)) == (6.8696, 0.0322)      # to the stated decimals
     assert r.flag == ""
     # Most extreme ranking of 6 blocks x 3 methods: chi2 = N (k - 1) = 12.
     assert r.min_p == pytest.approx(math.exp(-12 / 2), rel=1e-9)
@@ -28,12 +29,42 @@ def test_nemenyi_check_values():
     assert p.loc["a", "c"] == pytest.approx(0.8322, abs=1e-4)
     assert p.loc["b", "c"] == pytest.approx(0.0376, abs=1e-4)
     assert p.loc["c", "b"] == p.loc["b", "c"]
+    assert [round(p.loc[i, j], 4) for i, j in (("a", "b"), ("a", "c"), ("b", "c"))] == [0.1455, 0.8322, 0.0376]
 
 
 def test_critical_difference_k4_n14():
     q, cd = stats.critical_difference(4, 14, 0.05)
-    assert q == pytest.approx(2.569, abs=1e-3)
-    assert cd == pytest.approx(1.2536, abs=1e-4)
+    assert q == pytest.approx(2.569, abs=5e-4)
+    assert cd == pytest.approx(1.2536, abs=5e-5)
+    assert (round(q, 3), round(cd, 4)) == (2.569, 1.2536)
+    assert cd == pytest.approx(q * math.sqrt(4 * 5 / (6 * 14)), rel=1e-12)
+
+
+# 14 blocks x 4 methods (higher = better). By hand: A is ranked 1st in 10 blocks, 2nd in 3, 3rd in 1
+# -> 19/14; B 26/14; C 41/14; D 54/14. With CD = 1.2536: A-B 0.50, B-C 1.07, C-D 0.93 are within CD,
+# A-C 1.57 and B-D 2.00 are not, so the diagram draws three bars: (A, B), (B, C), (C, D).
+CD_BLOCKS = np.array([[4, 3, 2, 1]] * 6 + [[3, 4, 2, 1]] * 3 + [[4, 2, 3, 1]] * 2 + [[4, 3, 1, 2]] * 2
+                     + [[2, 4, 3, 1]], float)
+
+
+def test_cd_groups_k4_n14_independent_of_method_order():
+    import itertools
+
+    from analysis import plots
+
+    base = pd.DataFrame(CD_BLOCKS, columns=list("ABCD"))
+    q, cd = stats.critical_difference(4, 14, 0.05)
+    expected_ranks = {"A": 19 / 14, "B": 26 / 14, "C": 41 / 14, "D": 54 / 14}
+    expected = [("A", "B"), ("B", "C"), ("C", "D")]
+    pngs = set()
+    for perm in itertools.permutations("ABCD"):
+        m = base[list(perm)]
+        ranks = stats.average_ranks(m, higher_is_better=True)
+        assert ranks.to_dict() == pytest.approx(expected_ranks)
+        assert stats.cd_groups(ranks.to_dict(), cd) == expected
+        if perm in (("A", "B", "C", "D"), ("D", "B", "A", "C"), ("C", "A", "D", "B")):
+            pngs.add(plots.cd_diagram(ranks.to_dict(), cd, stats.cd_groups(ranks.to_dict(), cd), "t"))
+    assert len(pngs) == 1          # the drawn diagram is byte-identical whatever the column order
 
 
 def test_friedman_undefined_cases():
@@ -76,12 +107,46 @@ def test_cd_groups_do_not_depend_on_method_order(case):
                 assert max(rs + [r]) - min(rs + [r]) >= cd or any(set(g) | {m} <= set(h) for h in expected)
 
 
-def test_wilcoxon_identical_series_is_no_difference():
-    x = [0.5, 0.7, 0.9, 1.1]
-    r = stats.paired_test(x, x)
-    assert r.p == 1.0 and r.flag == "no difference"
+@pytest.mark.parametrize("test", stats.TESTS)
+@pytest.mark.parametrize("n", [2, 5, 20, 60])
+def test_identical_series_are_never_significant(test, n):
+    x = np.linspace(0.5, 1.1, n)
+    r = stats.paired_test(x, x.copy(), test)
+    assert r.p == 1.0 and r.flag == "no difference" and r.mean_diff == 0.0
     assert math.isnan(r.effect) and r.effect_label == "undefined"
     assert stats.verdict(stats.holm([r.p])[0], r.mean_diff, 0.05) == "indistinguishable from"
+    pw = stats.pairwise_wilcoxon(pd.DataFrame({"a": x, "b": x, "c": x + 1.0}), test)
+    same = pw[(pw["method_a"] == "a") & (pw["method_b"] == "b")].iloc[0]
+    assert same["p"] == 1.0 and same["p_holm"] == 1.0 and same["flag"] == "no difference"
+
+
+def test_reported_min_p_is_honest_with_ties_and_zeros():
+    """The report says "cannot reach alpha" from min_p; no series, ties and zeros included, beats it."""
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        n = int(rng.integers(2, 12))
+        d = rng.integers(-1, 4, size=n).astype(float)
+        r = stats.paired_test(d, np.zeros(n))
+        if np.isfinite(r.p):
+            assert r.p >= r.min_p - 1e-12, (d, r)
+    # Wilcoxon with N = 5 blocks can never reach 0.05, even when all five go one way with ties.
+    r = stats.paired_test([1, 1, 2, 3, 4], [0] * 5)
+    assert r.p == pytest.approx(0.0625) and stats.verdict(r.p, r.mean_diff, 0.05) == "indistinguishable from"
+
+
+def test_constant_data_is_undefined_never_significant_or_large():
+    const = np.full(6, 3.0)
+    assert math.isnan(stats.effect_size_dz(const - const))
+    shift = stats.paired_test(const + 1.0, const, "ttest")
+    assert shift.flag == "undefined" and math.isnan(shift.p) and shift.effect_label == "undefined"
+    assert stats.verdict(stats.holm([shift.p])[0], shift.mean_diff, 0.05) == "undefined"
+    w = stats.paired_test(const + 1.0, const, "wilcoxon")
+    assert w.effect_label == "undefined"                      # never "large" for zero variance
+    fr = stats.friedman(np.tile([1.0, 1.0, 1.0], (5, 1)))
+    assert fr.flag == "constant data" and math.isnan(fr.p) and math.isnan(fr.statistic)
+    assert stats.verdict(math.nan, 1.0, 0.05) == "undefined"
+    assert stats.bootstrap_ci(const) == (3.0, 3.0)
+    assert stats.prob_improvement(const, const) == 0.5
 
 
 def test_wilcoxon_min_p_and_underpowered():
