@@ -36,3 +36,28 @@ class RaiseAt(LossWeighting):
         if self.calls >= self.step:
             raise RuntimeError(f"injected failure at step {self.calls}")
         return torch.ones_like(losses)
+
+
+class CrashOnce(LossWeighting):
+    """Equal weights; at training step ``at_step``, once per ``marker`` file: truncate every checkpoint
+    file (``state.pt``) under ``truncate_under``, then SIGKILL this process (a node dying mid-epoch right
+    after a crash damaged its last checkpoint). Without the marker's absence it is plain EW."""
+
+    def __init__(self, num_tasks: int, at_step: int = 10, marker: str = "", truncate_under: str = ""):
+        super().__init__(num_tasks)
+        self.at_step, self.marker, self.truncate_under = at_step, marker, truncate_under
+        self.calls = 0
+
+    def forward(self, losses: Tensor, rng: np.random.Generator) -> Tensor:
+        import os
+        import signal
+        from pathlib import Path
+
+        self.calls += 1
+        if self.calls == self.at_step and self.marker and not os.path.exists(self.marker):
+            Path(self.marker).write_text("crashed")
+            if self.truncate_under:
+                for f in Path(self.truncate_under).rglob("state.pt"):
+                    f.write_bytes(f.read_bytes()[:100])
+            os.kill(os.getpid(), signal.SIGKILL)
+        return torch.ones_like(losses)

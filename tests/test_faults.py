@@ -222,3 +222,49 @@ def test_killed_driver_resumes_the_study_without_rerunning_or_duplicating(tmp_pa
     assert state["count"] == [2, 2]
     told = [len(s["_ot_study"].get_trials(deepcopy=False)) for s in state["searchers"]]
     assert told == [2, 2]
+
+
+def test_truncated_checkpoint_restarts_from_scratch_and_a_truncated_part_is_rebuilt(ray_session, tmp_path):
+    """A trial process dies in epoch 3 after its last checkpoint (epoch 2) was cut short: the trial starts
+    over instead of failing on the same file max_failures times, the reason is recorded, the other trial
+    goes on, and the results hold every epoch once with the values of an uninterrupted run. Then a results
+    part truncated after the study finished is rebuilt from the journal by ``--resume``."""
+    from study.driver import run_study
+    from study.training import train_trial
+
+    study = tmp_path / "ckpt"
+    marker = tmp_path / "crashed"
+    crash = {"name": "tests.faults:CrashOnce", "at_step": 10, "marker": str(marker), "truncate_under": str(study),
+             "label": "Crash"}
+    spec = parse_spec({
+        "name": "ckpt", "problem": PROBLEM, "seeds": [0], "methods": ["ew", crash],
+        "train": {"epochs": 4, "batch_size": 64}, "run": {"max_failures": 1},  # 4 steps per epoch
+    })
+    meta = run_study(spec, str(tmp_path))
+    assert marker.exists(), "the fault was not injected"
+    assert meta["errored_trials"] == 0
+    st = statuses(study)
+    assert st.loc["EW", "status"] == "completed" and st.loc["EW", "reason"] == ""
+    row = st.loc["Crash"]
+    assert row["status"] == "completed" and row["epochs_done"] == 4 and row["restarts"] == 1
+    assert row["reason"].startswith("restarted from scratch: checkpoint ") and "state.pt is unreadable" in row["reason"]
+    df = results(study)
+    assert df.groupby(["method", "epoch"]).size().to_dict() == {(m, e): 10 for m in ("Crash", "EW") for e in range(1, 5)}
+    for label, cfg in zip(("EW", "Crash"), spec.trial_configs()):
+        direct = train_trial(cfg)  # the marker exists now: no crash
+        got = df[(df.method == label) & (df.epoch == 4) & (df.split != "train")].set_index(["split", "task", "metric"])
+        assert len(got) == 8
+        for (split, task, metric), value in got["value"].items():
+            assert value == pytest.approx(direct[f"{split}/{task}/{metric}"], abs=1e-12), (label, split, task, metric)
+
+    # a results part cut short after the study finished: --resume rebuilds it, nothing is re-run
+    before = df.sort_values(["trial_id", "epoch", "split", "task", "metric"]).reset_index(drop=True)
+    part = next((study / "results").glob("part-*.parquet"))
+    part.write_bytes(part.read_bytes()[:200])
+    with pytest.raises(Exception):
+        results(study)
+    meta = run_study(spec, str(tmp_path), resume=True)
+    assert meta["status"] == "finished"
+    after = results(study).sort_values(["trial_id", "epoch", "split", "task", "metric"]).reset_index(drop=True)
+    assert after.equals(before)
+    assert len(list((study / "results").glob(".corrupt-*"))) == 1  # set aside, not deleted
