@@ -258,3 +258,20 @@ def test_resume_with_nothing_to_resume(tmp_path, capsys, no_ray):
     spec.write_text(GOOD)
     assert main(["run", str(spec), "--storage", str(tmp_path / "store"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_analyze_a_study_with_a_truncated_part_says_how_to_repair(tmp_path, capsys):
+    from pathlib import Path
+
+    from analysis.synthetic import write_study
+
+    study = Path(write_study(tmp_path, "s"))
+    part = sorted((study / "results").glob("part-*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:100])
+    assert main(["analyze", str(study), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"litmus: error: cannot read {study}/results: ") and len(err.splitlines()) == 1
+    assert f"'{part}'" in err and "Parquet magic bytes not found" in err
+    assert err.endswith("a part file cut short is rebuilt from the study's journal by `litmus run SPEC --storage ... "
+                        "--resume`")
+    assert not (tmp_path / "r").exists()

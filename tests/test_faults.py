@@ -46,6 +46,7 @@ def test_nan_at_epoch_2_is_diverged_and_the_other_trials_go_on(ray_session, tmp_
     # NaN weights poison the update of epoch 2, step 1; the first non-finite loss is step 2
     assert bad["reason"] == "non-finite loss at epoch 2, step 2"
     assert bad["epochs_done"] == 1
+    assert bad["restarts"] == 0  # the same seed would diverge again: never retried
     df = results(tmp_path / "nan")
     assert sorted(df[df.method == "NaN-at-epoch-2"].epoch.unique()) == [1]
     assert sorted(df[df.method == "EW"].epoch.unique()) == [1, 2, 3]
@@ -268,3 +269,34 @@ def test_truncated_checkpoint_restarts_from_scratch_and_a_truncated_part_is_rebu
     after = results(study).sort_values(["trial_id", "epoch", "split", "task", "metric"]).reset_index(drop=True)
     assert after.equals(before)
     assert len(list((study / "results").glob(".corrupt-*"))) == 1  # set aside, not deleted
+
+
+def test_out_of_memory_and_a_missing_data_file_are_retried_then_recorded_with_their_reason(ray_session, tmp_path):
+    """GPU out of memory and a data file missing on one node may go away on another GPU or node: Ray Tune
+    retries them (run.max_failures) from the last checkpoint. A transient one (epoch 2 of the first attempt
+    only) completes with every epoch once; a persistent one ends errored with the error's own line as its
+    reason; the other trials go on."""
+    from study.driver import run_study
+
+    spec = parse_spec({
+        "name": "oom", "problem": PROBLEM, "seeds": [0],
+        "methods": ["ew",
+                    # step 6 = epoch 2: the retry resumes from the epoch-1 checkpoint with a fresh step counter
+                    {"name": "tests.faults:RaiseAt", "step": 6, "kind": "oom", "label": "OOM-once"},
+                    # step 2 = epoch 1, before any checkpoint: the retry starts over and fails again
+                    {"name": "tests.faults:RaiseAt", "step": 2, "kind": "oom", "label": "OOM"},
+                    {"name": "tests.faults:RaiseAt", "step": 2, "kind": "data", "label": "NoFile"}],
+        "train": {"epochs": 2, "batch_size": 64}, "run": {"max_failures": 1},  # 4 steps per epoch
+    })
+    meta = run_study(spec, str(tmp_path))
+    assert meta["status"] == "finished" and meta["errored_trials"] == 2
+    st = statuses(tmp_path / "oom")
+    assert st.loc["EW", ["status", "restarts", "epochs_done"]].tolist() == ["completed", 0, 2]
+    assert st.loc["OOM-once", ["status", "restarts", "epochs_done", "reason"]].tolist() == ["completed", 1, 2, ""]
+    for label, reason in (("OOM", "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 "
+                                  "has a total capacity of 79.19 GiB of which 1.06 GiB is free."),
+                          ("NoFile", "study.errors.DataError: nyuv2: /data/nyuv2/train/depth/17.npy is missing on "
+                                     "this node")):
+        assert st.loc[label, ["status", "restarts", "epochs_done", "reason"]].tolist() == ["errored", 1, 0, reason]
+    df = results(tmp_path / "oom")
+    assert df.groupby(["method", "epoch"]).size().to_dict() == {(m, e): 10 for m in ("EW", "OOM-once") for e in (1, 2)}
