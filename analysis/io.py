@@ -165,7 +165,9 @@ def _read(studies: Sequence[StudyRef], sub: str, schema: pa.Schema, columns: Seq
             try:
                 parts.append(group.to_table(columns=list(columns), filter=flt).combine_chunks())
             except (pa.ArrowInvalid, OSError) as e:
-                raise AnalysisError(f"cannot read {study.root}/{sub}: {e}") from e
+                raise AnalysisError(f"cannot read {study.root}/{sub}: {' '.join(str(e).split())}; a part file "
+                                    f"cut short is rebuilt from the study's journal by `litmus run SPEC "
+                                    f"--storage ... --resume`") from e
             release_memory()
         t = pa.concat_tables(parts)
         if "study" in t.column_names:

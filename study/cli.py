@@ -114,16 +114,19 @@ def _cmd_architectures(args: argparse.Namespace) -> int:
     from study import architectures
 
     print("Architectures (architecture: NAME or {name: NAME, hyperparameter: value}):")
-    describe = getattr(architectures, "describe_architectures", None)
-    if describe is not None:
-        for name, doc, hp in describe():
-            print(f"  {name:<14} {doc}")
-            if hp:
-                print(f"  {'':<14}   hyperparameters: {', '.join(f'{k}={v!r}' for k, v in hp.items())}")
-    else:
-        for name in architectures.ARCHITECTURES.names():
-            cls = architectures.ARCHITECTURES.get(name)
-            print(f"  {name:<14} {(cls.__doc__ or '').strip().splitlines()[0]}")
+    import yaml
+
+    def scalar(v) -> str:  # as it is written in a spec (true/false, null, 0.9)
+        return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+    for name, doc, hp in architectures.describe_architectures():
+        cls = architectures.ARCHITECTURES.get(name)
+        print(f"  {name:<14} {doc}")
+        if hp:
+            print(f"  {'':<14}   hyperparameters: {', '.join(f'{k}: {scalar(v)}' for k, v in hp.items())}")
+        kinds = ", ".join(cls.encoder_kinds) if cls.encoder_kinds else "any"
+        rep = "yes" if cls.has_shared_representation else "no (parameter-level gradient methods only)"
+        print(f"  {'':<14}   encoders: {kinds}; shared representation: {rep}")
     return 0
 
 

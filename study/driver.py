@@ -51,7 +51,10 @@ def trainable(config: dict[str, Any]) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = load_state(Path(d) / STATE_FILE)
+            try:
+                state = load_state(Path(d) / STATE_FILE)
+            except CheckpointError as exc:  # a retry would read the same file: start over (same seed)
+                where["litmus_note"] = f"restarted from scratch: {str(exc).split(';')[0]}"
 
     def reporter(metrics: dict, state_dict: dict) -> None:
         with tempfile.TemporaryDirectory(prefix="litmus-ckpt-") as d:
@@ -65,9 +68,10 @@ def trainable(config: dict[str, Any]) -> None:
         tune.report({"litmus_event": "diverged", "reason": str(exc), "epoch": exc.epoch, **where})
     except SpecError as exc:  # a configuration the trial cannot run: no retry
         tune.report({"litmus_event": "failed", "reason": str(exc), "epoch": 0, **where})
-    # Anything else (a dead worker, GPU out of memory, a data file missing on this node, an unreadable
-    # checkpoint) propagates: Ray Tune retries from the last checkpoint up to run.max_failures times,
-    # then the trial is recorded as errored with the error's last line.
+    # An unreadable checkpoint restarts the trial from scratch (noted in its status row). Anything else
+    # (a dead worker, GPU out of memory, a data file missing on this node: a retry, maybe on another node
+    # or GPU, can help) propagates: Ray Tune retries from the last checkpoint up to run.max_failures
+    # times, then the trial is recorded as errored with the error's last line.
 
 
 class CheckpointError(RuntimeError):
@@ -97,6 +101,7 @@ class ResultSink(tune.Callback):
         self.where: dict[str, dict] = {}
         self.failed: dict[str, str] = {}
         self.restarts: dict[str, int] = {}
+        self.notes: dict[str, str] = {}
 
     def _w(self) -> StudyWriter:
         if self.writer is None:
@@ -129,6 +134,8 @@ class ResultSink(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         cfg = trial.config["trial"]
+        if result.get("litmus_note"):
+            self.notes[trial.trial_id] = str(result["litmus_note"])
         if "node_id" in result:
             self.where[trial.trial_id] = {"node": str(result["node_id"]), "started_at": float(result["started_at"]),
                                           "ended_at": float(result.get("reported_at", time.time()))}
@@ -149,6 +156,8 @@ class ResultSink(tune.Callback):
             status, reason = "errored", self.failed[trial.trial_id]
         elif status == "completed" and done < int(cfg["train"]["epochs"]):
             status, reason = "early_stopped", f"stopped by the scheduler after epoch {done}"
+        if not reason and trial.trial_id in self.notes:
+            reason = self.notes[trial.trial_id]
         elapsed = time.time() - self.started.get(trial.trial_id, time.time())
         device = "cuda" if self._gpus(trial) > 0 else "cpu"
         self._w().set_status(trial.trial_id, cfg, status, reason=reason, epochs_done=done, device=device,
@@ -384,6 +393,9 @@ def run_study(spec: StudySpec, storage: str, *, address: str | None = None, resu
     uri = study_uri(storage, spec.name)
     configs = spec.trial_configs()
     if meta is not None and meta.get("status") == "finished" and not retry_errored:
+        repaired = StudyWriter(uri).repair()
+        if repaired:
+            print(f"rebuilt {len(repaired)} damaged result file(s) from the journal: {', '.join(repaired)}")
         print(f"study {spec.name!r} is already finished in {storage}; nothing to do")
         return meta
 

@@ -538,3 +538,142 @@ def test_one_trial_epoch_on_multidigits(arch):
     cfg["method"] = normalize_method({"weighting": {"name": "ew"}, "aggregator": {"name": "cagrad"}})
     metrics = train_trial(cfg)
     assert all(math.isfinite(metrics[f"train/{t}/loss"]) for t in ("left", "right"))
+
+
+# -- `litmus architectures` ------------------------------------------------------------------------------
+def test_litmus_architectures_lists_every_architecture_with_its_hyperparameters(capsys):
+    from study.cli import main
+
+    assert main(["architectures"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("Architectures (architecture: NAME or {name: NAME, hyperparameter: value})")
+    blocks: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        if line.startswith("  ") and not line.startswith("   "):
+            name = line.split()[0]
+            blocks[name] = [line]
+        elif line.strip():
+            blocks[name].append(line.strip())
+    assert set(blocks) == set(ALL)
+    expected = {
+        "hps": None,
+        "cross_stitch": "hyperparameters: alpha_self: 0.9, channel_wise: false",
+        "mtan": "hyperparameters: attention_reduction: 1",
+        "nddr": "hyperparameters: init_self: 0.9, init_other: 0.1",
+        "mmoe": "hyperparameters: num_experts: 4",
+        "cgc": "hyperparameters: num_shared_experts: 1, num_task_experts: 1",
+        "ple": "hyperparameters: num_shared_experts: 1, num_task_experts: 1",
+        "dselect_k": "hyperparameters: num_experts: 4, num_nonzeros: 2, gamma: 1.0",
+        "ltb": "hyperparameters: warmup_fraction: 0.01, tau_scale: 0.05",
+    }
+    for name, hp in expected.items():
+        block = blocks[name]
+        assert block[0].split(None, 1)[1] == describe_architectures_doc(name)
+        if hp is None:
+            assert len(block) == 2 and block[1] == "encoders: any; shared representation: yes"
+        else:
+            assert block[1] == hp, name
+            kinds = "cnn, resnet, mlp" if name in GATED else "cnn, resnet"
+            assert block[2] == f"encoders: {kinds}; shared representation: no (parameter-level gradient methods only)"
+    # what the listing says is what a spec accepts
+    from study.spec import parse_spec
+
+    spec = parse_spec({"problem": "multidigits", "methods": ["ew"],
+                       "architectures": [{"name": "cross_stitch", "alpha_self": 0.9, "channel_wise": False},
+                                         {"name": "dselect_k", "num_experts": 4, "num_nonzeros": 2, "gamma": 1.0}]},
+                      check_data=False)
+    assert len(spec.trial_configs()) == 2
+
+
+def describe_architectures_doc(name):
+    return {n: d for n, d, _ in describe_architectures()}[name]
+
+
+# -- over torchvision ResNets ------------------------------------------------------------------------------
+class ResNetTiny(TinyProblem):
+    """Two tasks over a staged torchvision ResNet on 32x32 images: one dense head, one pooled classifier."""
+
+    name = "resnet_tiny"
+    encoder_kind = "resnet"
+    input_shape = (3, 32, 32)
+
+    def __init__(self, backbone: str = "resnet18", multi_input: bool = False):
+        super().__init__(multi_input, vector=False, tasks=("seg", "cls"))
+        self.backbone = backbone
+
+    def build_encoder(self):
+        from study.encoders import resnet_backbone
+
+        return resnet_backbone(self.backbone)
+
+    def build_decoder(self, task):
+        width = 512 if self.backbone == "resnet18" else 2048
+        if task == "seg":
+            return nn.Conv2d(width, 4, 1)
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 3))
+
+
+@pytest.mark.parametrize("multi", [False, True], ids=["single", "multi"])
+@pytest.mark.parametrize("arch", ALL)
+def test_every_architecture_over_a_resnet18(arch, multi):
+    torch.manual_seed(0)
+    problem = ResNetTiny("resnet18", multi)
+    assert ARCHITECTURES.get(arch).applicable(problem) is None
+    model = build_model(problem, arch, {"num_experts": 2} if arch in ("mmoe", "dselect_k") else {})
+    if arch == "ltb":
+        model.set_epoch(5, 10)
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    x = {"seg": torch.randn(2, 3, 32, 32, generator=g), "cls": torch.randn(3, 3, 32, 32, generator=g)} if multi \
+        else torch.randn(2, 3, 32, 32, generator=g)
+    out = model(x)
+    n = {t: (x[t] if multi else x).shape[0] for t in problem.tasks}
+    assert out["seg"].shape == (n["seg"], 4, 1, 1) and out["cls"].shape == (n["cls"], 3)  # output stride 32
+    shared, task = model.shared_parameters(), model.task_parameters()
+    ids = [id(p) for p in shared] + [id(p) for t in problem.tasks for p in task[t]]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}
+    (out["seg"].square().mean() + out["cls"].square().mean()).backward()
+    assert sum(float(p.grad.abs().sum()) for p in shared if p.grad is not None) > 0
+    for t in problem.tasks:
+        assert sum(float(p.grad.abs().sum()) for p in task[t] if p.grad is not None) > 0, t
+    if arch in ("cross_stitch", "nddr", "ltb"):  # units sized from the backbone's stage_channels
+        assert model.n_stages == 5
+
+
+@pytest.mark.parametrize("arch", ["hps", "cross_stitch", "mtan", "nddr"])
+def test_the_papers_four_over_the_dilated_resnet50(arch):
+    """The architecture study's backbone (output stride 8): dense outputs keep 1/8 of the input size."""
+    torch.manual_seed(0)
+    model = build_model(ResNetTiny("resnet50_dilated"), arch, {"attention_reduction": 4} if arch == "mtan" else {})
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 32, 32))
+    assert out["seg"].shape == (1, 4, 4, 4) and out["cls"].shape == (1, 3)
+    if arch == "nddr":
+        assert [u[0].bn.num_features for u in model.units] == [64, 256, 512, 1024]
+
+
+def test_cross_stitch_at_identity_matches_separately_built_single_task_networks():
+    """alpha = I: each task's output equals that of a separately built single-task HPS network holding the
+    same weights (bit for bit), and a task's loss sends no gradient into the other tasks' columns."""
+    model = make("cross_stitch", alpha_self=1.0).eval()
+    x = inputs(False)
+    with torch.no_grad():
+        out = model(x)
+    for i, t in enumerate(TASKS):
+        torch.manual_seed(99)
+        alone = build_model(TinyProblem(tasks=(t,)), "hps")
+        assert not torch.equal(alone.encoder.stages[0][0].weight, model.columns[i].stages[0][0].weight)
+        alone.encoder.load_state_dict(model.columns[i].state_dict())
+        alone.decoders[t].load_state_dict(model.decoders[t].state_dict())
+        alone.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(alone(x)[t], out[t], rtol=0, atol=0)
+    model.train()
+    model(x)["a"].square().mean().backward()
+    for i, t in enumerate(TASKS):
+        grads = [p.grad for p in model.columns[i].parameters()]
+        if t == "a":
+            assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+        else:
+            assert all(g is None or float(g.abs().max()) == 0.0 for g in grads), t

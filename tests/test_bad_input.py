@@ -26,7 +26,7 @@ CASES = [
     ("unknown method", GOOD.replace("[ew, rlw]", "[ew, rlx]"),
      "methods[1]: unknown method 'rlx' (did you mean 'rlw'?); valid: "),
     ("unknown distribution", GOOD.replace("[ew, rlw]", "[ew, {name: rlw, distribution: gauss}]"),
-     "methods[1].distribution: unknown distribution 'gauss'"),
+     "methods[1].distribution: unknown distribution 'gauss'; valid: "),
     ("dirichlet alpha <= 0", GOOD.replace("[ew, rlw]", "[ew, {name: rlw, distribution: dirichlet, alpha: 0}]"),
      "methods[1]: alpha must be > 0, got 0"),
     ("normal sigma <= 0", GOOD.replace("[ew, rlw]", "[ew, {name: rlw, distribution: normal, sigma: -1}]"),
@@ -56,8 +56,9 @@ CASES = [
     ("unknown problem parameter", GOOD.replace("n_train: 64", "root: /data"),
      "problem: unknown parameter 'root' for 'multidigits'; valid: n_train, n_val, n_test, split_seed, width"),
     ("negative gpu", GOOD + "resources: {gpu: -1}\n", "resources.gpu: must be >= 0, got -1"),
-    ("yaml syntax error", "name: s\nmethods: [ew, rlw\nseeds: [0]\n", "YAML syntax error"),
-    ("not a mapping", "- ew\n- rlw\n", "a study spec is a YAML mapping (key: value), got list"),
+    ("yaml syntax error", "name: s\nmethods: [ew, rlw\nseeds: [0]\n",
+     "{spec}:3: YAML syntax error: expected ',' or ']', but got ':'"),
+    ("not a mapping", "- ew\n- rlw\n", "{spec}: a study spec is a YAML mapping (key: value), got list"),
     ("both problem and problems", GOOD + "problems: [multidigits]\n",
      "problems: give either 'problem' or 'problems', not both"),
     ("empty problem grid", GOOD.replace("problem: {name: multidigits, n_train: 64, n_val: 32, n_test: 32}",
@@ -92,6 +93,13 @@ CASES = [
      "gradient method cagrad; use it alone"),
     ("gradient method parameter out of range", GOOD.replace("[ew, rlw]", "[ew, {name: cagrad, c: -1}]"),
      "methods[1]: c must be >= 0, got -1"),
+    ("gradient-method options that contradict each other (MGDA-UB is MGDA at the representation)",
+     GOOD.replace("[ew, rlw]", "[ew, {name: mgda_ub, level: parameters}]"),
+     "methods[1]: mgda_ub is mgda with level: representation, which contradicts level: parameters; drop level "
+     "or use {{name: mgda, level: parameters}}"),
+    ("hybrid IMTL forced to the parameters", GOOD.replace("[ew, rlw]", "[ew, {name: imtl, level: parameters}]"),
+     "methods[1]: imtl is imtl_g with level: representation, which contradicts level: parameters; drop level "
+     "or use {{name: imtl_g, level: parameters}}"),
     ("tuned range low >= high", GOOD + "tune: {space: {train.lr: {type: float, low: 0.1, high: 0.01}}}\n",
      "tune.space.train.lr: low must be < high, got low=0.1, high=0.01"),
     ("log range not positive", GOOD + "tune: {space: {train.lr: {type: float, low: 0, high: 0.1, log: true}}}\n",
@@ -117,7 +125,7 @@ CASES = [
      "scheduler.grace_period: expected a positive number, got 0"),
     ("data path that does not exist", GOOD.replace("{name: multidigits, n_train: 64, n_val: 32, n_test: 32}",
                                                     "{name: nyuv2, root: /nonexistent/nyuv2}"),
-     "nyuv2: data folder /nonexistent/nyuv2 does not exist; expected root/{train,val}/{image,label,depth,normal}/{i}.npy"),
+     "nyuv2: data folder /nonexistent/nyuv2 does not exist; expected root/{{train,val}}/{{image,label,depth,normal}}/{{i}}.npy (the preprocessed nyuv2 release)"),
 ]
 
 
@@ -139,7 +147,14 @@ def test_bad_spec_one_line_exit_2_nothing_started(case, text, expected, tmp_path
     assert code == 2
     assert len(err.splitlines()) == 1, err
     assert err.startswith("litmus: error: ")
-    assert expected in err, err
+    line = err[len("litmus: error: "):]
+    expected = expected.format(spec=spec)
+    if expected.endswith("valid: "):  # the exact line up to the list of valid names, then a sorted list
+        assert line.startswith(expected), err
+        names = line[len(expected):].split(", ")
+        assert len(names) >= 2 and names == sorted(names), err
+    else:
+        assert line == expected, err
     assert not storage.exists()
 
 
@@ -164,14 +179,17 @@ def test_architecture_not_applicable_to_the_problem(tmp_path, capsys, no_ray):
     spec.write_text(f"problem: {{name: pawsx, root: {tmp_path}}}\nmethods: [ew]\narchitecture: mtan\n")
     assert main(["run", str(spec), "--storage", str(tmp_path / "store")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("litmus: error: architecture: architecture 'mtan' does not apply to problem 'pawsx': ")
-    assert "the problem's encoder is of kind 'transformer'" in err and len(err.splitlines()) == 1
+    assert err == ("litmus: error: architecture: architecture 'mtan' does not apply to problem 'pawsx': it attends "
+                   "to the outputs of the stages of a staged encoder (encoder kinds cnn, resnet); the problem's "
+                   "encoder is of kind 'transformer'")
+    assert not (tmp_path / "store").exists()
 
 
 def test_analyze_a_path_with_no_study(tmp_path, capsys):
     assert main(["analyze", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("litmus: error: ") and len(err.splitlines()) == 1 and "no study" in err.lower()
+    assert err == (f"litmus: error: no study found at {tmp_path}: expected {tmp_path}/study.json or subfolders "
+                   "with a study.json")
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
@@ -181,7 +199,8 @@ def test_analyze_with_an_absent_reference(tmp_path, capsys):
     study = write_study(tmp_path, "s")
     assert main(["analyze", str(study), "--reference", "GradNorm", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("litmus: error: ") and "GradNorm" in err and len(err.splitlines()) == 1
+    assert err == ("litmus: error: --reference 'GradNorm': no such method in the results; methods: EW, RLW, "
+                   "RLW-dirichlet(alpha=1), UW")
     assert not (tmp_path / "r").exists()
 
 
@@ -192,8 +211,8 @@ def test_cluster_yaml_with_a_misspelt_key(tmp_path, capsys):
     bad = tmp_path / "cluster.yaml"
     bad.write_text(good.replace("max_workers:", "max_worker:", 1))
     assert main(["check-cluster", str(bad)]) == 2
-    err = capsys.readouterr().err
-    assert "max_worker" in err and "did you mean 'max_workers'?" in err
+    err = capsys.readouterr().err.strip()
+    assert err == "litmus: error: max_worker: unknown key; did you mean 'max_workers'?"
 
 
 def test_yaml_error_names_the_line(tmp_path, capsys, no_ray):
@@ -239,3 +258,20 @@ def test_resume_with_nothing_to_resume(tmp_path, capsys, no_ray):
     spec.write_text(GOOD)
     assert main(["run", str(spec), "--storage", str(tmp_path / "store"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_analyze_a_study_with_a_truncated_part_says_how_to_repair(tmp_path, capsys):
+    from pathlib import Path
+
+    from analysis.synthetic import write_study
+
+    study = Path(write_study(tmp_path, "s"))
+    part = sorted((study / "results").glob("part-*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:100])
+    assert main(["analyze", str(study), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"litmus: error: cannot read {study}/results: ") and len(err.splitlines()) == 1
+    assert f"'{part}'" in err and "Parquet magic bytes not found" in err
+    assert err.endswith("a part file cut short is rebuilt from the study's journal by `litmus run SPEC --storage ... "
+                        "--resume`")
+    assert not (tmp_path / "r").exists()

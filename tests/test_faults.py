@@ -46,6 +46,7 @@ def test_nan_at_epoch_2_is_diverged_and_the_other_trials_go_on(ray_session, tmp_
     # NaN weights poison the update of epoch 2, step 1; the first non-finite loss is step 2
     assert bad["reason"] == "non-finite loss at epoch 2, step 2"
     assert bad["epochs_done"] == 1
+    assert bad["restarts"] == 0  # the same seed would diverge again: never retried
     df = results(tmp_path / "nan")
     assert sorted(df[df.method == "NaN-at-epoch-2"].epoch.unique()) == [1]
     assert sorted(df[df.method == "EW"].epoch.unique()) == [1, 2, 3]
@@ -222,3 +223,80 @@ def test_killed_driver_resumes_the_study_without_rerunning_or_duplicating(tmp_pa
     assert state["count"] == [2, 2]
     told = [len(s["_ot_study"].get_trials(deepcopy=False)) for s in state["searchers"]]
     assert told == [2, 2]
+
+
+def test_truncated_checkpoint_restarts_from_scratch_and_a_truncated_part_is_rebuilt(ray_session, tmp_path):
+    """A trial process dies in epoch 3 after its last checkpoint (epoch 2) was cut short: the trial starts
+    over instead of failing on the same file max_failures times, the reason is recorded, the other trial
+    goes on, and the results hold every epoch once with the values of an uninterrupted run. Then a results
+    part truncated after the study finished is rebuilt from the journal by ``--resume``."""
+    from study.driver import run_study
+    from study.training import train_trial
+
+    study = tmp_path / "ckpt"
+    marker = tmp_path / "crashed"
+    crash = {"name": "tests.faults:CrashOnce", "at_step": 10, "marker": str(marker), "truncate_under": str(study),
+             "label": "Crash"}
+    spec = parse_spec({
+        "name": "ckpt", "problem": PROBLEM, "seeds": [0], "methods": ["ew", crash],
+        "train": {"epochs": 4, "batch_size": 64}, "run": {"max_failures": 1},  # 4 steps per epoch
+    })
+    meta = run_study(spec, str(tmp_path))
+    assert marker.exists(), "the fault was not injected"
+    assert meta["errored_trials"] == 0
+    st = statuses(study)
+    assert st.loc["EW", "status"] == "completed" and st.loc["EW", "reason"] == ""
+    row = st.loc["Crash"]
+    assert row["status"] == "completed" and row["epochs_done"] == 4 and row["restarts"] == 1
+    assert row["reason"].startswith("restarted from scratch: checkpoint ") and "state.pt is unreadable" in row["reason"]
+    df = results(study)
+    assert df.groupby(["method", "epoch"]).size().to_dict() == {(m, e): 10 for m in ("Crash", "EW") for e in range(1, 5)}
+    for label, cfg in zip(("EW", "Crash"), spec.trial_configs()):
+        direct = train_trial(cfg)  # the marker exists now: no crash
+        got = df[(df.method == label) & (df.epoch == 4) & (df.split != "train")].set_index(["split", "task", "metric"])
+        assert len(got) == 8
+        for (split, task, metric), value in got["value"].items():
+            assert value == pytest.approx(direct[f"{split}/{task}/{metric}"], abs=1e-12), (label, split, task, metric)
+
+    # a results part cut short after the study finished: --resume rebuilds it, nothing is re-run
+    before = df.sort_values(["trial_id", "epoch", "split", "task", "metric"]).reset_index(drop=True)
+    part = next((study / "results").glob("part-*.parquet"))
+    part.write_bytes(part.read_bytes()[:200])
+    with pytest.raises(Exception):
+        results(study)
+    meta = run_study(spec, str(tmp_path), resume=True)
+    assert meta["status"] == "finished"
+    after = results(study).sort_values(["trial_id", "epoch", "split", "task", "metric"]).reset_index(drop=True)
+    assert after.equals(before)
+    assert len(list((study / "results").glob(".corrupt-*"))) == 1  # set aside, not deleted
+
+
+def test_out_of_memory_and_a_missing_data_file_are_retried_then_recorded_with_their_reason(ray_session, tmp_path):
+    """GPU out of memory and a data file missing on one node may go away on another GPU or node: Ray Tune
+    retries them (run.max_failures) from the last checkpoint. A transient one (epoch 2 of the first attempt
+    only) completes with every epoch once; a persistent one ends errored with the error's own line as its
+    reason; the other trials go on."""
+    from study.driver import run_study
+
+    spec = parse_spec({
+        "name": "oom", "problem": PROBLEM, "seeds": [0],
+        "methods": ["ew",
+                    # step 6 = epoch 2: the retry resumes from the epoch-1 checkpoint with a fresh step counter
+                    {"name": "tests.faults:RaiseAt", "step": 6, "kind": "oom", "label": "OOM-once"},
+                    # step 2 = epoch 1, before any checkpoint: the retry starts over and fails again
+                    {"name": "tests.faults:RaiseAt", "step": 2, "kind": "oom", "label": "OOM"},
+                    {"name": "tests.faults:RaiseAt", "step": 2, "kind": "data", "label": "NoFile"}],
+        "train": {"epochs": 2, "batch_size": 64}, "run": {"max_failures": 1},  # 4 steps per epoch
+    })
+    meta = run_study(spec, str(tmp_path))
+    assert meta["status"] == "finished" and meta["errored_trials"] == 2
+    st = statuses(tmp_path / "oom")
+    assert st.loc["EW", ["status", "restarts", "epochs_done"]].tolist() == ["completed", 0, 2]
+    assert st.loc["OOM-once", ["status", "restarts", "epochs_done", "reason"]].tolist() == ["completed", 1, 2, ""]
+    for label, reason in (("OOM", "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 "
+                                  "has a total capacity of 79.19 GiB of which 1.06 GiB is free."),
+                          ("NoFile", "study.errors.DataError: nyuv2: /data/nyuv2/train/depth/17.npy is missing on "
+                                     "this node")):
+        assert st.loc[label, ["status", "restarts", "epochs_done", "reason"]].tolist() == ["errored", 1, 0, reason]
+    df = results(tmp_path / "oom")
+    assert df.groupby(["method", "epoch"]).size().to_dict() == {(m, e): 10 for m in ("EW", "OOM-once") for e in (1, 2)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from study import driver
@@ -62,3 +64,110 @@ def test_rows_of_different_studies_never_mix(tmp_path):
 
     row = pq.read_table(tmp_path / "a" / "results" / "part-t.parquet").to_pylist()[0]
     assert (row["study"], row["spec_hash"]) == ("a", "h1")
+
+
+# -- static checks over the repository -------------------------------------------------------------
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+CODE_DIRS = ("study", "analysis", "benchmarks")
+#: (file, call) pairs that deliberately unpickle: Ray Tune's own experiment/searcher state on --resume,
+#: which the README's security notes say to restore only from trusted storage
+TRUSTED_UNPICKLE = {("study/driver.py", "ray.cloudpickle.loads"), ("study/search.py", "ray.cloudpickle.load")}
+
+
+def _calls(path):
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            yield ast.unparse(node.func), node
+
+
+def _python_files():
+    for d in CODE_DIRS:
+        yield from sorted((REPO / d).rglob("*.py"))
+
+
+def test_every_torch_load_refuses_pickled_code_and_yaml_is_never_loaded_unsafely():
+    import ast
+
+    torch_loads = 0
+    for path in _python_files():
+        rel = str(path.relative_to(REPO))
+        for func, node in _calls(path):
+            kw = {k.arg: k.value for k in node.keywords}
+            if func == "torch.load":
+                torch_loads += 1
+                flag = kw.get("weights_only")
+                assert isinstance(flag, ast.Constant) and flag.value is True, f"{rel}:{node.lineno}: torch.load without weights_only=True"
+            if func in ("yaml.load", "yaml.load_all"):
+                loader = ast.unparse(kw["Loader"]) if "Loader" in kw else ""
+                assert loader in ("yaml.SafeLoader", "yaml.CSafeLoader", "_UniqueKeyLoader"), f"{rel}:{node.lineno}: {func} with {loader or 'no'} Loader"
+            assert func not in ("yaml.unsafe_load", "yaml.full_load", "yaml.unsafe_load_all"), f"{rel}:{node.lineno}: {func}"
+            if func.endswith(("pickle.load", "pickle.loads")):
+                assert (rel, func) in TRUSTED_UNPICKLE, f"{rel}:{node.lineno}: {func} on untrusted data"
+    assert torch_loads >= 3  # checkpoints (driver), pretrained weights (encoders), token caches (_xtreme)
+    from study.cluster_check import _UniqueKeyLoader
+
+    import yaml
+
+    assert issubclass(_UniqueKeyLoader, yaml.SafeLoader)
+
+
+def test_user_code_is_imported_only_from_an_explicit_module_class_reference(monkeypatch):
+    """The only dynamic import of a spec-named module is the registry's `module:Class` path; a plain
+    name never imports anything."""
+    import importlib
+
+    from study.weighting import WEIGHTINGS
+
+    imported = []
+    real = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: imported.append(name) or real(name, *a))
+    with pytest.raises(SpecError):
+        WEIGHTINGS.get("os", "methods[0]")
+    assert imported == []
+    WEIGHTINGS.get("tests.faults:NaNAfter", "methods[0]")
+    assert imported == ["tests.faults"]
+    dynamic = [(str(p.relative_to(REPO)), n.lineno) for p in _python_files() for f, n in _calls(p)
+               if f in ("importlib.import_module", "__import__")]
+    assert {p for p, _ in dynamic} <= {"study/registry.py"}, dynamic
+
+
+def test_no_credentials_anywhere_in_the_repository():
+    import subprocess
+
+    from study.cluster_check import _CREDENTIAL_PATTERNS
+
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    files = [REPO / f.decode() for f in files if f]
+    assert len(files) > 50
+    hits = []
+    for path in files:
+        if not path.is_file() or path.stat().st_size > 2_000_000:
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        for pattern, what in _CREDENTIAL_PATTERNS:
+            for m in pattern.finditer(text):
+                if path.name in ("cluster_check.py", "test_cluster.py", "test_safety.py") or "docs" in path.parts:
+                    # the checker's own patterns, its tests' fake keys, and docs that *name* the variables
+                    if not re.fullmatch(r"(?:AKIA|ASIA)[0-9A-Z]{16}", m.group()) or "EXAMPLE" in m.group():
+                        continue
+                hits.append(f"{path.relative_to(REPO)}: {what}")
+    assert hits == []
+    # the patterns do catch what they are for
+    fake = "aws_access_key_id = AKIA" + "ABCDEFGHIJKLMNOP\n-----BEGIN RSA PRIVATE" + " KEY-----"
+    assert [w for p, w in _CREDENTIAL_PATTERNS if p.search(fake)] == ["an AWS access key id", "a private key"]
+
+
+def test_docs_say_how_to_keep_the_dashboard_private_and_cluster_yaml_uses_roles():
+    readme = (REPO / "README.md").read_text()
+    assert "binds to 127.0.0.1 and starts no dashboard unless `--dashboard`" in readme
+    assert "keeps the dashboard private" in readme and "docs/cluster.md" in readme
+    guide = (REPO / "docs" / "cluster.md").read_text()
+    assert "## Keep the dashboard private" in guide and "ray dashboard cluster.yaml" in guide
+    cluster = (REPO / "cluster.yaml").read_text()
+    assert "--dashboard-host=127.0.0.1" in cluster and "instance profile" in cluster

@@ -97,6 +97,11 @@ def normalize_method(entry: Any, key: str = "method") -> dict:
         name, params = _split_name(entry, key)
         if isinstance(name, str) and name.lower() in PRESETS:
             preset = PRESETS[name.lower()]
+            for k, fixed in preset["aggregator"].items():  # what defines the preset cannot be overridden
+                if k != "name" and k in params and params[k] != fixed:
+                    raise SpecError(key, f"{name.lower()} is {preset['aggregator']['name']} with {k}: {fixed}, "
+                                         f"which contradicts {k}: {params[k]}; drop {k} or use "
+                                         f"{{name: {preset['aggregator']['name']}, {k}: {params[k]}}}")
             weighting = dict(preset["weighting"]) if preset.get("weighting") else None
             aggregator = {**preset["aggregator"], **params}
             AGGREGATORS.get(aggregator["name"], key)
