@@ -149,3 +149,22 @@ def test_kept_and_accumulated_gradients_follow_autograd_semantics():
     run_step(step, model, x, y)
     for p, f in zip(shared, first):
         torch.testing.assert_close(p.grad, 1 + f)
+
+
+def test_aggregation_overhead_benchmark_prints_its_table():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "aggregation_overhead.py"), "--small",
+                           "--tasks", "2", "3", "--repeats", "1", "--threads", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [ln.strip("|").split("|") for ln in proc.stdout.splitlines() if re.match(r"\| \d", ln)]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [
+        (t, p) for t in ("2", "3") for p in ("rows", "gramian", "combine", "total")]
+    for r in rows:
+        before, after, speed = float(r[2]), float(r[3]), r[4].strip()
+        assert before >= 0 and after >= 0 and re.fullmatch(r"[0-9.]+x|infx|nanx", speed), r
