@@ -3,7 +3,8 @@
 One training step = forward, the method's backward passes and aggregation, optimizer step (SGD), and
 the method's post-step hook. Every method runs in the same process on the same model and batch; the
 table reports the median step time, its ratio to EW measured in the same run, its ratio to the cost
-floor of shared-parameter gradient methods (one forward + T backward passes, ``fwd+T*bwd``), and on
+floor of shared-parameter gradient methods (one forward + T backward passes + the optimizer step,
+``fwd+T*bwd``), and on
 CUDA the peak memory above EW in units of one ``T x d`` float32 buffer (d = shared parameters).
 
     python benchmarks/step_time.py                 # quick CPU run: T=3, 32x32, batch 16, 3 rounds (~4 min)
@@ -81,13 +82,20 @@ def build_model(T: int, device: torch.device) -> HPS:
     return HPS(encoder, {t: nn.Linear(512, 10) for t in tasks}, tasks, False).to(device)
 
 
-def floor_step(model, problem, x, y):
-    """One forward and T backward passes to the shared parameters, nothing else."""
+def floor_step(model, problem, x, y, opt):
+    """The work every shared-parameter gradient method must do: one forward, T backward passes (each
+    materialising its task's gradients of all parameters, as the methods' passes do), and one optimizer
+    step (as in every method's step, EW's included); nothing else. The last pass's gradients stand in
+    for the direction."""
+    opt.zero_grad(set_to_none=True)
     out = model(x)
     losses = [problem.loss(t, out[t], y[t]) for t in problem.tasks]
-    shared = list(model.shared_parameters())
+    params = [p for p in model.parameters() if p.requires_grad]
     for i, loss in enumerate(losses):
-        torch.autograd.grad(loss, shared, retain_graph=i < len(losses) - 1)
+        grads = torch.autograd.grad(loss, params, retain_graph=i < len(losses) - 1, allow_unused=True)
+    for p, g in zip(params, grads):
+        p.grad = g
+    opt.step()
 
 
 def time_method(method, model, problem, x, y, repeats: int, warmup: int, device) -> tuple[list[float], float | None]:
@@ -95,7 +103,8 @@ def time_method(method, model, problem, x, y, repeats: int, warmup: int, device)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     if method == FLOOR:
         step = None
-        run = lambda: floor_step(model, problem, x, y)  # noqa: E731
+        floor_opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        run = lambda: floor_step(model, problem, x, y, floor_opt)  # noqa: E731
     else:
         spec = normalize_method(method)
         weighting, aggregator = build_method(spec, len(problem.tasks))

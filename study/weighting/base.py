@@ -154,10 +154,16 @@ class GramianAggregator(GradAggregator):
                 losses: np.ndarray | None = None) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, grads: Tensor, rng: np.random.Generator, *, losses: Tensor | None = None,
-                rep: Tensor | None = None) -> Tensor:
+    def combination_weights(self, grads: Tensor, rng: np.random.Generator, *, losses: Tensor | None = None,
+                            gramian: Tensor | None = None) -> Tensor:
+        """The ``T`` weights of the final combination ``w @ G``, on the device of ``grads``.
+
+        ``gramian`` (``G G^T``, already formed) saves recomputing it; the trainer uses this to write the
+        combination straight into the parameters' ``.grad`` (see :mod:`study.weighting.step`).
+        """
         grads = self._check_shape(grads)
-        gramian = grads @ grads.T
+        if gramian is None:
+            gramian = gramian_of(grads)
         host = gramian.detach().to("cpu", torch.float64).numpy()
         loss_host = None
         if losses is not None:
@@ -168,7 +174,38 @@ class GramianAggregator(GradAggregator):
             raise NonFiniteError("gradient", self.name)
         w = self.weights(host, rng, loss_host)
         self.last_weights = w
-        return torch.as_tensor(w, dtype=grads.dtype).to(grads.device, non_blocking=True) @ grads
+        return torch.as_tensor(w, dtype=grads.dtype).to(grads.device, non_blocking=True)
+
+    def forward(self, grads: Tensor, rng: np.random.Generator, *, losses: Tensor | None = None,
+                rep: Tensor | None = None) -> Tensor:
+        grads = self._check_shape(grads)
+        return self.combination_weights(grads, rng, losses=losses) @ grads
+
+
+#: columns per block of :func:`gramian_of` on the CPU
+GRAM_BLOCK = 4096
+
+
+def gramian_of(grads: Tensor) -> Tensor:
+    """``G G^T`` of a ``T x d`` matrix.
+
+    On the CPU, with ``d`` in the millions, one ``G @ G.T`` runs far below the memory bandwidth (BLAS
+    handles ``K >> M = N`` poorly); the same product as one batched product over blocks of
+    ``GRAM_BLOCK`` columns, summed, measured 2-3.5x faster on ResNet-18's 11.2 M shared parameters
+    (T = 3 and 10). The result differs from ``G @ G.T`` only by float rounding (summation order).
+    Other devices and small or non-contiguous matrices use the plain product.
+    """
+    T, d = grads.shape
+    if grads.device.type != "cpu" or d < 4 * GRAM_BLOCK or grads.stride(1) != 1:
+        return grads @ grads.T
+    nb = d // GRAM_BLOCK
+    n = nb * GRAM_BLOCK
+    blocks = grads[:, :n].view(T, nb, GRAM_BLOCK).transpose(0, 1)
+    out = torch.bmm(blocks, blocks.transpose(1, 2)).sum(0)
+    if n < d:
+        rest = grads[:, n:]
+        out.addmm_(rest, rest.T)
+    return out
 
 
 def as_weights(sample: np.ndarray, like: Tensor) -> Tensor:

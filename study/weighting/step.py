@@ -32,7 +32,13 @@ import torch
 from torch import Tensor, nn
 
 from study.errors import SpecError
-from study.weighting.base import GradAggregator, LossWeighting, forward_accepts_context
+from study.weighting.base import (
+    GradAggregator,
+    GramianAggregator,
+    LossWeighting,
+    forward_accepts_context,
+    gramian_of,
+)
 
 
 class MethodStep(nn.Module):
@@ -62,6 +68,7 @@ class MethodStep(nn.Module):
         self._shared: list[nn.Parameter] | None = None
         self._extra: list[nn.Parameter] | None = None
         self._gbufs: dict[tuple, Tensor] = {}
+        self._pviews: tuple | None = None
         self._batch: tuple[Any, Any] | None = None
         self._problem = None
         self._val_factory: Callable[[int], Iterator] | None = None
@@ -163,6 +170,26 @@ class MethodStep(nn.Module):
             buf = self._gbufs[key] = torch.empty(T, d, device=like.device, dtype=like.dtype)
         return buf
 
+    def _param_views(self, T: int, d: int, like: Tensor) -> tuple[Tensor, list[list[Tensor]], Tensor, list[Tensor]]:
+        """``G`` (``T x d``), its rows cut into per-parameter views, and the flat gradient buffer of the
+        shared parameters with its per-parameter views; allocated once, reused every step."""
+        G = self._buffer(T, d, like)
+        cached = self._pviews
+        if cached is not None and cached[0] is G:
+            return cached
+        shared = self._shared_params()
+        flat = torch.empty(d, device=like.device, dtype=like.dtype)
+
+        def cut(vec: Tensor) -> list[Tensor]:
+            out, offset = [], 0
+            for p in shared:
+                out.append(vec[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
+            return out
+
+        self._pviews = (G, [cut(G[i]) for i in range(T)], flat, cut(flat))
+        return self._pviews
+
     def _aggregate(self, G: Tensor, losses: Tensor, rep: Tensor | None, rng: np.random.Generator) -> Tensor:
         if self._agg_context:
             return self.aggregator(G, rng, losses=losses.detach(), rep=rep)
@@ -179,26 +206,51 @@ class MethodStep(nn.Module):
                 p.grad.add_(g)
 
     def _backward_parameters(self, weighted: Tensor, losses: Tensor, rng: np.random.Generator) -> None:
+        """T backward passes into the rows of ``G``, the aggregator, and the direction into ``.grad``.
+
+        No per-step allocation of ``O(T d)``: ``G`` and a flat gradient buffer are allocated once; each
+        pass's gradients are copied into their row views with one ``_foreach_copy_``. For Gramian
+        aggregators (the common case) the step forms ``G G^T`` with :func:`gramian_of`, asks the
+        aggregator only for the ``T`` weights and writes ``w @ G`` with one ``mv`` into the flat buffer,
+        whose views become the shared ``.grad`` (or one in-place ``addmv_`` when they already are, i.e.
+        after ``zero_grad(set_to_none=False)`` or when gradients accumulate).
+        """
         shared = self._shared_params()
         extra = self._extra_params()
         inputs = shared + extra
         n_shared = len(shared)
         T = weighted.shape[0]
         d = sum(p.numel() for p in shared)
-        G = self._buffer(T, d, weighted)
+        G, rows, flat, flat_views = self._param_views(T, d, weighted)
         for i in range(T):
             grads = torch.autograd.grad(weighted[i], inputs, retain_graph=i < T - 1, allow_unused=True)
-            offset = 0
-            row = G[i]
-            for p, g in zip(shared, grads[:n_shared]):
-                n = p.numel()
-                if g is None:
-                    row[offset:offset + n].zero_()
-                else:
-                    row[offset:offset + n].view_as(g).copy_(g)
-                offset += n
+            sg = grads[:n_shared]
+            if any(g is None for g in sg):
+                for view, g in zip(rows[i], sg):
+                    if g is None:
+                        view.zero_()
+                    else:
+                        view.copy_(g)
+            else:
+                torch._foreach_copy_(rows[i], list(sg))
             self._accumulate(extra, grads[n_shared:])
-        direction = self._aggregate(G, losses, None, rng)
+            del grads, sg
+        agg = self.aggregator
+        if isinstance(agg, GramianAggregator) and type(agg).forward is GramianAggregator.forward:
+            w = agg.combination_weights(G, rng, losses=losses.detach() if self._agg_context else None,
+                                        gramian=gramian_of(G))
+            current = [p.grad for p in shared]
+            if all(g is None for g in current):
+                torch.mv(G.T, w, out=flat)
+                for p, view in zip(shared, flat_views):
+                    p.grad = view
+                return
+            if all(g is v for g, v in zip(current, flat_views)):
+                flat.addmv_(G.T, w)
+                return
+            direction = w @ G
+        else:
+            direction = self._aggregate(G, losses, None, rng)
         offset = 0
         for p in shared:
             n = p.numel()
