@@ -514,6 +514,11 @@ def make_pbt(sched: dict, metric: str, mode: str, tune_cfg: dict, cells: list[di
     def cell_of(trial) -> Any:
         return trial.config.get("trial", {}).get("cell")
 
+    def at_last_epoch(trial, state) -> bool:
+        epochs = trial.config.get("trial", {}).get("train", {}).get("epochs")
+        done = (state.last_result or {}).get("epoch", state.last_train_time)
+        return isinstance(epochs, int) and isinstance(done, (int, float)) and done >= epochs
+
     class CellwisePBT(PopulationBasedTraining):
         def _quantiles(self):
             full = self._trial_state
@@ -547,9 +552,11 @@ def make_pbt(sched: dict, metric: str, mode: str, tune_cfg: dict, cells: list[di
 
         def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
             cell = cell_of(trial)
+            # a member that reported its last epoch is done: taking over a checkpoint now would only
+            # change the config it is recorded with, never what it trained with
+            lower = [t for t in lower_quantile if cell_of(t) == cell and not at_last_epoch(t, self._trial_state[t])]
             out = super()._checkpoint_or_exploit(trial, tune_controller,
-                                                 [t for t in upper_quantile if cell_of(t) == cell],
-                                                 [t for t in lower_quantile if cell_of(t) == cell])
+                                                 [t for t in upper_quantile if cell_of(t) == cell], lower)
             state = self._trial_state[trial]
             if trial in upper_quantile and state.last_checkpoint is None and trial.checkpoint is not None:
                 # a restored member not yet started again has no actor to save: its last checkpoint is it

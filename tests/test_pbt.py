@@ -227,3 +227,51 @@ def test_restored_checkpoint_runs_with_the_new_lr_batch_size_and_grad_clip():
         tr.train_batches = batches
     assert sizes == [32] and norms and set(norms) == {0.25}
     assert second.state_dict()["base_lr"] == 0.04
+
+
+# -- a tiny PBT study through Ray --------------------------------------------------------------------
+@pytest.mark.slow
+def test_pbt_study_through_ray_exploits_within_cells_and_records_every_epoch_once(ray_session, tmp_path):
+    from study.best import best
+    from study.driver import run_study
+
+    space = {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+             "method.alpha": {"type": "float", "low": 0.1, "high": 10.0, "log": True,
+                              "when": {"distribution": "dirichlet"}}}
+    spec = _spec(num_samples=3, epochs=3, space=space, name="pbtrun")
+    meta = run_study(spec, str(tmp_path))
+    assert meta["status"] == "finished" and meta["errored_trials"] == 0 and meta["trials"] == 6
+    root = tmp_path / "pbtrun"
+    st = ds.dataset(root / "trials", format="parquet").to_table().to_pandas()
+    assert len(st) == 6 and (st.status == "completed").all() and (st.epochs_done == 3).all()
+    configs = [json.loads(c) for c in st.config]
+    assert sorted(c["cell"] for c in configs) == [0, 0, 0, 1, 1, 1]
+    # every epoch of every trial exactly once: no duplicates, no gaps
+    rows = ds.dataset(root / "results", format="parquet").to_table().to_pandas()
+    per = rows.groupby(["trial_id", "split", "task", "metric"]).epoch.apply(sorted)
+    assert len(per) > 0 and all(list(v) == [1, 2, 3] for v in per)
+    assert set(rows.trial_id) == set(st.trial_id)
+    # exploits happened (2 perturbation rounds x 1 lower member per cell), each within its cell
+    policy = [json.loads(line) for p in (root / "tune").rglob("pbt_global.txt") for line in p.read_text().splitlines()]
+    assert len(policy) == 4
+    population = pbt_population(spec.tune, spec.trial_configs())
+    for target, _clone, _it, _clone_it, clone_cfg, new_cfg in policy:
+        index = int(target.split("_")[0])  # the member's grid index in the population
+        assert population[index]["cell"] == clone_cfg["trial"]["cell"] == new_cfg["trial"]["cell"]
+        assert new_cfg["trial"]["method"] == clone_cfg["trial"]["method"]
+        assert 1e-3 <= new_cfg["trial"]["train"]["lr"] <= 1e-1
+        assert new_cfg["trial"]["tuned"]["train.lr"] == new_cfg["trial"]["train"]["lr"]
+    # exploited members record the values each stretch of epochs ran with; litmus best reads them
+    histories = [c["tuned_history"] for c in configs if "tuned_history" in c]
+    assert histories and all(h[0][0] == 1 and all(a[0] < b[0] for a, b in zip(h, h[1:])) for h in histories)
+    assert all(first in (2, 3) for h in histories for first, _ in h[1:])  # after the epoch-1/2 perturbations
+    assert all(c["tuned"] == (c.get("tuned_history") or [[1, c["tuned"]]])[-1][1] for c in configs)
+    b = best(str(root), seeds=2)
+    assert [c.label for c in b.choices] == ["EW", "RLW-dirichlet"]
+    by_id = dict(zip(st.trial_id, configs))
+    for c in b.choices:  # the setting its best epoch ran with, as the follow-up's method and train
+        hist = by_id[c.trial_id].get("tuned_history") or [[1, by_id[c.trial_id]["tuned"]]]
+        ran_with = [t for first, t in hist if first <= c.epoch][-1]
+        assert c.tuned == ran_with and c.train["lr"] == ran_with["train.lr"]
+        if "method.alpha" in ran_with:
+            assert c.method["weighting"]["alpha"] == ran_with["method.alpha"]
