@@ -378,6 +378,27 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
                  dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **kwargs)
 
 
+class ProblemResources:
+    """Each trial's resource request, from its own problem: the problem's defaults under the spec's
+    ``resources`` (CPUs, a GPU fraction so several small trials share a GPU, memory where known)."""
+
+    def __init__(self, spec: StudySpec):
+        self.by_problem = {}
+        for p in spec.problems:
+            r = spec.trial_resources(p["name"])
+            self.by_problem[p["name"]] = {"cpu": r.get("cpu", 1), "gpu": r.get("gpu", 0),
+                                          **({"memory": int(r["memory_gb"] * 2**30)} if r.get("memory_gb") else {})}
+
+    def request(self, config: dict) -> dict:
+        problem = (config.get("trial") or {}).get("problem")
+        return self.by_problem.get(problem) or next(iter(self.by_problem.values()))
+
+    def __call__(self, config: dict):
+        from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+        return resource_dict_to_pg_factory(self.request(config))
+
+
 def tuner_arguments(spec: StudySpec, configs: list[dict]) -> dict:
     """``param_space`` and ``TuneConfig`` for a spec: a plain grid, one Optuna study per grid cell, or (with
     ``scheduler: pbt``) a grid over PBT's seeded initial population, ``num_samples`` members per cell."""
@@ -470,10 +491,7 @@ def run_study(spec: StudySpec, storage: str, *, address: str | None = None, resu
 
         write_bytes_atomic(fs, join(root, "spec.yaml"), yaml.safe_dump(spec.raw, sort_keys=False).encode())
 
-    resources = spec.trial_resources(spec.problems[0]["name"])
-    trainer = tune.with_resources(trainable, {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0),
-                                              **({"memory": int(resources["memory_gb"] * 2**30)}
-                                                 if resources.get("memory_gb") else {})})
+    trainer = tune.with_resources(trainable, ProblemResources(spec))
     run = spec.run
     fs, root = resolve_fs(uri)
     storage_path = uri if "://" in uri else root
