@@ -23,6 +23,10 @@ Selection rule (the trial metric is not stored, so it is recomputed from the res
   the last epoch's value instead; the two agree whenever validation keeps improving.
 * Only trials whose status is ``completed`` or ``early_stopped`` (stopped by an ASHA/HyperBand scheduler)
   count; errored and diverged trials never win. A method with no such trial is an error.
+* With ``scheduler: pbt`` a member's tuned ``train.*`` values change as it runs (and after an exploit it
+  carries on from another member of its cell): its status row's config holds ``tuned_history``
+  (``[[first_epoch, tuned], ...]``) and the setting taken is the one its best epoch ran with. The
+  follow-up runs that setting fixed from the start, not PBT's schedule.
 * A method's best setting is its highest-scoring trial over all its trials (all seeds of stage 1 if it
   had several); ties go to the smaller trial id. The setting is the trial's method (with its tuned
   ``method.*``/``weighting.*``/``aggregator.*`` values), its tuned ``train.*`` values as the method's own
@@ -247,6 +251,13 @@ def choose(spec, trials: list[dict], scores: dict, group: tuple[int, int]) -> li
         t, cfg = min(usable, key=lambda tc: (-scores[tc[0]["trial_id"]][0], tc[0]["trial_id"]))
         score, epoch, value = scores[t["trial_id"]]
         tuned = dict(cfg.get("tuned") or {})
+        history = cfg.get("tuned_history") or []
+        if history:  # PBT changed the trial's values as it ran: take those its best epoch ran with
+            from study.search import apply_params
+
+            tuned = dict(max((h for h in history if int(h[0]) <= epoch), key=lambda h: int(h[0]),
+                             default=history[0])[1])
+            cfg = {**apply_params(cells[cfg["cell"]], tuned), "tuned": tuned}
         base_train = dict(spec.method_train[m]) if m < len(getattr(spec, "method_train", [])) else {}
         train = {**base_train, **{k.split(".", 1)[1]: cfg["train"][k.split(".", 1)[1]]
                                   for k in tuned if k.startswith("train.")}}

@@ -102,6 +102,7 @@ class ResultSink(tune.Callback):
         self.failed: dict[str, str] = {}
         self.restarts: dict[str, int] = {}
         self.notes: dict[str, str] = {}
+        self.history: dict[str, list] = {}
 
     def _w(self) -> StudyWriter:
         if self.writer is None:
@@ -119,8 +120,36 @@ class ResultSink(tune.Callback):
         self.started.setdefault(trial.trial_id, time.time())
         cfg = trial.config["trial"]
         self._supersede_restarted(trial.trial_id, cfg)
-        self._w().set_status(trial.trial_id, cfg, "running", epochs_done=self._w().epochs_done(trial.trial_id),
-                             gpus=self._gpus(trial))
+        self._w().set_status(trial.trial_id, self._recorded(trial.trial_id, cfg), "running",
+                             epochs_done=self._w().epochs_done(trial.trial_id), gpus=self._gpus(trial))
+
+    def _history(self, trial_id: str) -> list:
+        """``[[first_epoch, tuned], ...]``: the tuned values each stretch of a trial's epochs ran with (PBT
+        changes them); carried over from the status row of an earlier run on ``--resume``."""
+        if trial_id not in self.history:
+            if getattr(self, "_known", None) is None:
+                self._known = self._w().statuses()
+            old = json.loads(self._known.get(trial_id, ("", "{}"))[1] or "{}")
+            self.history[trial_id] = list(old.get(TUNED_HISTORY) or [])
+        return self.history[trial_id]
+
+    def _note_tuned(self, trial_id: str, cfg: dict, epoch: int) -> None:
+        if "tuned" not in cfg:
+            return
+        h = self._history(trial_id)
+        while h and h[-1][0] > epoch:  # a restart re-reports epochs after its checkpoint
+            h.pop()
+        if not h:
+            h.append([1, dict(cfg["tuned"])])
+        elif h[-1][1] != cfg["tuned"] and h[-1][0] < epoch:
+            h.append([epoch, dict(cfg["tuned"])])
+        elif h[-1][1] != cfg["tuned"]:
+            h[-1] = [epoch, dict(cfg["tuned"])]
+
+    def _recorded(self, trial_id: str, cfg: dict) -> dict:
+        """The config written to the status row: with the tuned-value history when PBT changed them."""
+        h = self._history(trial_id) if "tuned" in cfg else []
+        return {**cfg, TUNED_HISTORY: h} if len(h) > 1 else cfg
 
     def _supersede_restarted(self, trial_id: str, cfg: dict) -> None:
         """``--retry-errored`` restarts an errored trial under a new id: its old rows leave the dataset."""
@@ -128,7 +157,7 @@ class ResultSink(tune.Callback):
             self._known = self._w().statuses()
         key = json.dumps(cfg, sort_keys=True, default=str)
         for old_id, (status, config) in list(self._known.items()):
-            if old_id != trial_id and status == "errored" and config == key:
+            if old_id != trial_id and status == "errored" and _without_history(config) == key:
                 self._w().supersede(old_id, by=trial_id)
                 del self._known[old_id]
 
@@ -145,6 +174,8 @@ class ResultSink(tune.Callback):
         if result.get("litmus_event") == "failed":
             self.failed[trial.trial_id] = str(result.get("reason", "failed"))
             return
+        if "epoch" in result:
+            self._note_tuned(trial.trial_id, cfg, int(result["epoch"]))
         self._w().add_result(trial.trial_id, cfg, result)
 
     def _finish(self, trial, status: str, reason: str = "") -> None:
@@ -160,7 +191,8 @@ class ResultSink(tune.Callback):
             reason = self.notes[trial.trial_id]
         elapsed = time.time() - self.started.get(trial.trial_id, time.time())
         device = "cuda" if self._gpus(trial) > 0 else "cpu"
-        self._w().set_status(trial.trial_id, cfg, status, reason=reason, epochs_done=done, device=device,
+        self._w().set_status(trial.trial_id, self._recorded(trial.trial_id, cfg), status, reason=reason,
+                             epochs_done=done, device=device,
                              gpus=self._gpus(trial), time_total_s=elapsed,
                              restarts=self.restarts.get(trial.trial_id, 0),
                              **{"ended_at": time.time(), **self.where.get(trial.trial_id, {})})
@@ -182,6 +214,18 @@ class ResultSink(tune.Callback):
         except Exception:  # noqa: BLE001
             pass
         self._finish(trial, "errored", reason or "the trial raised an error (see its error.txt)")
+
+
+TUNED_HISTORY = "tuned_history"
+
+
+def _without_history(config_json: str) -> str:
+    """A status row's config JSON as the trial's own config (without the PBT history added to it)."""
+    if TUNED_HISTORY not in config_json:
+        return config_json
+    cfg = json.loads(config_json)
+    cfg.pop(TUNED_HISTORY, None)
+    return json.dumps(cfg, sort_keys=True, default=str)
 
 
 class StateGuard(tune.Callback):
@@ -343,16 +387,44 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
                  dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **kwargs)
 
 
+class ProblemResources:
+    """Each trial's resource request, from its own problem: the problem's defaults under the spec's
+    ``resources`` (CPUs, a GPU fraction so several small trials share a GPU, memory where known)."""
+
+    def __init__(self, spec: StudySpec):
+        self.by_problem = {}
+        for p in spec.problems:
+            r = spec.trial_resources(p["name"])
+            self.by_problem[p["name"]] = {"cpu": r.get("cpu", 1), "gpu": r.get("gpu", 0),
+                                          **({"memory": int(r["memory_gb"] * 2**30)} if r.get("memory_gb") else {})}
+
+    def request(self, config: dict) -> dict:
+        problem = (config.get("trial") or {}).get("problem")
+        return self.by_problem.get(problem) or next(iter(self.by_problem.values()))
+
+    def __call__(self, config: dict):
+        from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+        return resource_dict_to_pg_factory(self.request(config))
+
+
 def tuner_arguments(spec: StudySpec, configs: list[dict]) -> dict:
-    """``param_space`` and ``TuneConfig`` for a spec: a plain grid, or one Optuna study per grid cell."""
-    from study.search import make_scheduler, make_searcher
+    """``param_space`` and ``TuneConfig`` for a spec: a plain grid, one Optuna study per grid cell, or (with
+    ``scheduler: pbt``) a grid over PBT's seeded initial population, ``num_samples`` members per cell."""
+    from study.search import make_scheduler, make_searcher, pbt_population
 
     metric = spec.tune["metric"] if spec.tune else "val_score"
     mode = spec.tune["mode"] if spec.tune else "max"
     epochs = max(int(c["train"]["epochs"]) for c in configs)
-    scheduler = make_scheduler(spec.scheduler, epochs, metric, mode, spec.tune)
+    scheduler = make_scheduler(spec.scheduler, epochs, metric, mode, spec.tune, configs)
     max_concurrent = spec.run.get("max_concurrent")
     reuse = bool(spec.run.get("reuse_actors", True))  # one worker process serves many trials
+    if is_pbt(spec):
+        # PBT mutates running trials' configs: Ray refuses a searcher beside it, and the population (the
+        # same members on every run, each with its ``cell`` and ``tuned``) is the grid.
+        population = pbt_population(spec.tune, configs)
+        return {"param_space": {"trial": tune.grid_search(population)}, "tune_config": tune.TuneConfig(
+            scheduler=scheduler, reuse_actors=reuse, max_concurrent_trials=max_concurrent)}
     if spec.tune:
         searcher = make_searcher(spec.tune, configs)
         return {"param_space": {}, "tune_config": tune.TuneConfig(
@@ -360,6 +432,19 @@ def tuner_arguments(spec: StudySpec, configs: list[dict]) -> dict:
             reuse_actors=reuse, max_concurrent_trials=max_concurrent)}
     tc = tune.TuneConfig(scheduler=scheduler, reuse_actors=reuse, max_concurrent_trials=max_concurrent)
     return {"param_space": {"trial": tune.grid_search(configs)}, "tune_config": tc}
+
+
+def is_pbt(spec: StudySpec) -> bool:
+    return bool(spec.scheduler) and spec.scheduler.get("name") == "pbt"
+
+
+def checkpoints_to_keep(spec: StudySpec) -> int:
+    """Checkpoints kept per trial. PBT's exploit step hands a member the checkpoint its clone had at the
+    last perturbation; the clone may run up to ``perturbation_interval`` more epochs (one checkpoint each)
+    before the member restores it, so that many more are kept."""
+    if is_pbt(spec):
+        return int(spec.scheduler.get("perturbation_interval", 1)) + 2
+    return 1
 
 
 def finished_trials(uri: str) -> int:
@@ -418,10 +503,7 @@ def run_study(spec: StudySpec, storage: str, *, address: str | None = None, resu
 
         write_bytes_atomic(fs, join(root, "spec.yaml"), yaml.safe_dump(spec.raw, sort_keys=False).encode())
 
-    resources = spec.trial_resources(spec.problems[0]["name"])
-    trainer = tune.with_resources(trainable, {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0),
-                                              **({"memory": int(resources["memory_gb"] * 2**30)}
-                                                 if resources.get("memory_gb") else {})})
+    trainer = tune.with_resources(trainable, ProblemResources(spec))
     run = spec.run
     fs, root = resolve_fs(uri)
     storage_path = uri if "://" in uri else root
@@ -433,7 +515,7 @@ def run_study(spec: StudySpec, storage: str, *, address: str | None = None, resu
         storage_path=storage_path,
         callbacks=callbacks,
         verbose=verbose,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(spec)),
         failure_config=tune.FailureConfig(max_failures=int(run.get("max_failures", 1)),
                                           fail_fast=bool(run.get("fail_fast", False))),
     )

@@ -487,6 +487,13 @@ def _cell_mutations(params: list[Param]) -> dict:
                                 for p in params}}}
 
 
+def next_sync(times: list[float], interval: float) -> float:
+    """PBT's next synchronisation time for members at ``times`` (restored on ``--resume``): the first
+    multiple of ``interval`` not below the furthest member, or one interval later if all are there."""
+    nxt = max(math.ceil(max(times) / interval) * interval, interval)
+    return nxt + interval if min(times) >= nxt else nxt
+
+
 def make_pbt(sched: dict, metric: str, mode: str, tune_cfg: dict, cells: list[dict]):
     """Synchronous PBT with one population per grid cell.
 
@@ -507,6 +514,11 @@ def make_pbt(sched: dict, metric: str, mode: str, tune_cfg: dict, cells: list[di
     def cell_of(trial) -> Any:
         return trial.config.get("trial", {}).get("cell")
 
+    def at_last_epoch(trial, state) -> bool:
+        epochs = trial.config.get("trial", {}).get("train", {}).get("epochs")
+        done = (state.last_result or {}).get("epoch", state.last_train_time)
+        return isinstance(epochs, int) and isinstance(done, (int, float)) and done >= epochs
+
     class CellwisePBT(PopulationBasedTraining):
         def _quantiles(self):
             full = self._trial_state
@@ -521,11 +533,35 @@ def make_pbt(sched: dict, metric: str, mode: str, tune_cfg: dict, cells: list[di
                 self._trial_state = full
             return lower, upper
 
+        def on_trial_add(self, tune_controller, trial):
+            super().on_trial_add(tune_controller, trial)
+            # A trial restored by ``--resume`` (the scheduler itself starts afresh) continues its own
+            # clock: without this, a member one epoch behind would be ranked against one already past the
+            # sync point and could take over a checkpoint a whole interval ahead (a gap in its results).
+            last = trial.last_result or {}
+            t = last.get(self._time_attr)
+            if isinstance(t, (int, float)) and t > 0:
+                state = self._trial_state[trial]
+                state.last_train_time = state.last_perturbation_time = t
+                if self._metric in last and _is_num(last[self._metric]):
+                    state.last_score = self._metric_op * last[self._metric]
+                    state.last_result = last
+            times = [s.last_train_time for tr, s in self._trial_state.items() if not tr.is_finished()]
+            if times and max(times) > 0:
+                self._next_perturbation_sync = next_sync(times, self._perturbation_interval)
+
         def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
             cell = cell_of(trial)
-            return super()._checkpoint_or_exploit(trial, tune_controller,
-                                                  [t for t in upper_quantile if cell_of(t) == cell],
-                                                  [t for t in lower_quantile if cell_of(t) == cell])
+            # a member that reported its last epoch is done: taking over a checkpoint now would only
+            # change the config it is recorded with, never what it trained with
+            lower = [t for t in lower_quantile if cell_of(t) == cell and not at_last_epoch(t, self._trial_state[t])]
+            out = super()._checkpoint_or_exploit(trial, tune_controller,
+                                                 [t for t in upper_quantile if cell_of(t) == cell], lower)
+            state = self._trial_state[trial]
+            if trial in upper_quantile and state.last_checkpoint is None and trial.checkpoint is not None:
+                # a restored member not yet started again has no actor to save: its last checkpoint is it
+                state.last_checkpoint = trial.checkpoint
+            return out
 
         def _get_new_config(self, trial, trial_to_clone):
             i = cell_of(trial_to_clone)

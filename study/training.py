@@ -298,13 +298,21 @@ class Trial:
         self.step.load_state_dict(state["method"])
         self.step.load_extra_state_dict(state.get("method_extra") or {})
         self.optimizer.load_state_dict(state["optimizer"])
-        # A checkpoint restored under a new learning rate (PBT's exploit step) scales the current rates.
-        base = float(state.get("base_lr", self.train_cfg["lr"]))
-        if base > 0 and base != float(self.train_cfg["lr"]):
-            for group in self.optimizer.param_groups:
-                group["lr"] *= float(self.train_cfg["lr"]) / base
         if self.scheduler and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
+        # A checkpoint restored under a new learning rate (PBT's exploit step) scales the current rates
+        # and the lr schedule's base rates, so the schedule goes on from the new lr. (batch_size and
+        # grad_clip are read from the config every epoch.)
+        base = float(state.get("base_lr", self.train_cfg["lr"]))
+        if base > 0 and base != float(self.train_cfg["lr"]):
+            ratio = float(self.train_cfg["lr"]) / base
+            for group in self.optimizer.param_groups:
+                group["lr"] *= ratio
+                if "initial_lr" in group:
+                    group["initial_lr"] *= ratio
+            if self.scheduler:
+                self.scheduler.base_lrs = [lr * ratio for lr in self.scheduler.base_lrs]
+                self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # noqa: SLF001
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if torch.cuda.is_available() and state.get("cuda_rng"):

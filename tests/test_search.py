@@ -163,3 +163,38 @@ def test_one_failing_trial_does_not_stop_the_others_and_the_study_stays_resumabl
     # the first attempts left the dataset but were kept
     kept = sorted(p.name for p in (tmp_path / "failing" / "trials" / "_superseded").glob("*.parquet"))
     assert kept == sorted(f"{t}.parquet" for t in crashed.trial_id)
+
+
+def test_each_trial_requests_its_own_problems_resources():
+    from study.driver import ProblemResources
+
+    spec = parse_spec({"problems": [PROBLEM, "celeba"], "methods": ["ew"],
+                       "resources": {"gpu": 0.5, "memory_gb": 2}}, check_data=False)
+    req = ProblemResources(spec)
+    got = {c["problem"]: req({"trial": c}).required_resources for c in spec.trial_configs()}
+    # the problem's defaults (multidigits 1 CPU, CelebA 8) under the spec's resources: half a GPU, 2 GiB
+    assert got == {"multidigits": {"CPU": 1.0, "GPU": 0.5, "memory": 2.0 * 2**30},
+                   "celeba": {"CPU": 8.0, "GPU": 0.5, "memory": 2.0 * 2**30}}
+    alone = ProblemResources(parse_spec({"problem": PROBLEM, "methods": ["ew"]}))
+    assert alone({"trial": spec.trial_configs()[0]}).required_resources == {"CPU": 1.0}
+
+
+def test_schedulers_from_the_spec():
+    from ray.tune.schedulers import AsyncHyperBandScheduler, HyperBandScheduler
+
+    from study.errors import SpecError
+    from study.search import make_scheduler
+
+    base = {"problem": PROBLEM, "methods": ["ew"], "train": {"epochs": 9},
+            "tune": {"num_samples": 2, "space": {"train.lr": {"low": 0.001, "high": 0.1}}}}
+    hb = parse_spec({**base, "scheduler": {"name": "hyperband", "reduction_factor": 3}})
+    s = make_scheduler(hb.scheduler, 9, "val_score", "max", hb.tune)
+    assert isinstance(s, HyperBandScheduler) and s._eta == 3 and s._max_t_attr == 9 and s._time_attr == "training_iteration"
+    asha = parse_spec({**base, "scheduler": {"name": "asha", "grace_period": 2, "reduction_factor": 3}})
+    s = make_scheduler(asha.scheduler, 9, "val_score", "max", asha.tune)
+    assert isinstance(s, AsyncHyperBandScheduler)
+    assert [m for m, _ in s._brackets[0]._rungs] == [6, 2]  # rungs from grace 2 by x3 below max_t 9
+    with pytest.raises(SpecError, match="scheduler.reduction_factor: must be > 1"):
+        parse_spec({**base, "scheduler": {"name": "hyperband", "reduction_factor": 1}})
+    with pytest.raises(SpecError, match="scheduler.grace: unknown setting for asha"):
+        parse_spec({**base, "scheduler": {"name": "asha", "grace": 1}})
