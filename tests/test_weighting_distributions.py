@@ -49,6 +49,20 @@ def test_bernoulli_resamples_all_zero_draws():
         np.testing.assert_allclose(w[on], 1.0 / on.sum())
 
 
+def test_bernoulli_tiny_p_terminates_with_the_conditional_law():
+    # P(all zero) = (1 - 1e-9)^4: the resampling loop alone would run ~2.5e8 times per step; conditioned
+    # on a non-empty draw, exactly one task is on almost surely, uniformly over the tasks
+    d = dist("bernoulli", p=1e-9)
+    rng = np.random.default_rng(0)
+    draws = np.array([d.sample(rng) for _ in range(400)])
+    assert ((draws > 0).sum(1) == 1).all() and np.allclose(draws.sum(1), 1.0)
+    assert np.abs(draws.mean(0) - 0.25).max() < 0.08
+    # p = 1e-3 over 4 tasks: P(two on | non-empty) ~ 1.5e-3, the rest one-hot
+    d = dist("bernoulli", p=1e-3)
+    sizes = np.array([(d.sample(rng) > 0).sum() for _ in range(400)])
+    assert (sizes >= 1).all() and (sizes == 1).mean() > 0.98
+
+
 def test_constrained_bernoulli_has_exactly_k_tasks():
     for k in (1, 2, 4):
         w = dist("constrained_bernoulli", k=k).sample(np.random.default_rng(k))

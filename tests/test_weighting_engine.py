@@ -270,3 +270,20 @@ def test_rotograd_learns_orthogonal_rotations():
     assert any(not torch.allclose(r, torch.eye(6)) for r in R)
     for r in R:
         torch.testing.assert_close(r @ r.T, torch.eye(6), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("level", ["parameters", "representation"])
+def test_rlw_plus_gradient_method_scales_the_task_losses_before_aggregation(level):
+    """RLW + an aggregator (the paper's RLW+CAGrad form): random loss weights first, then the aggregator
+    combines the weighted task gradients. With ``gradsum`` the result is exactly the RLW gradient, heads
+    included (each head's loss is scaled by its weight)."""
+    method = {"weighting": {"name": "rlw", "distribution": "dirichlet", "alpha": 1.0},
+              "aggregator": {"name": "gradsum", "level": level}}
+    _, step, combo = grads_after_step(method, rng_seed=3)
+    _, _, rlw = grads_after_step({"name": "rlw", "distribution": "dirichlet", "alpha": 1.0}, rng_seed=3)
+    w = np.random.default_rng(3).dirichlet([1.0] * 3)
+    np.testing.assert_allclose(step.last_weights.numpy(), w / w.sum(), rtol=1e-6)
+    for n in rlw:
+        torch.testing.assert_close(combo[n], rlw[n], rtol=1e-5, atol=1e-6, msg=n)
+    _, _, ew = grads_after_step("ew")
+    assert not torch.allclose(combo["encoder.0.weight"], ew["encoder.0.weight"])

@@ -138,7 +138,9 @@ class UniformSoftmax(Distribution):
 @DISTRIBUTIONS.register("bernoulli")
 class Bernoulli(Distribution):
     """``w_i ~ Bernoulli(p)`` i.i.d., normalised to sum 1 (Lin et al., Sec. 5); an all-zero draw is
-    resampled, so each step trains a random non-empty subset of tasks with equal weights."""
+    resampled, so each step trains a random non-empty subset of tasks with equal weights. After 100
+    all-zero draws (tiny ``p``) the subset size is drawn from its exact conditional law
+    ``Binomial(T, p) | >= 1`` instead, the same distribution without an unbounded loop."""
 
     def __init__(self, num_tasks: int, p: float = 0.5):
         super().__init__(num_tasks)
@@ -147,11 +149,20 @@ class Bernoulli(Distribution):
             raise ValueError(f"p must be in (0, 1], got {p!r}")
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
-        while True:
+        for _ in range(100):
             w = (rng.random(self.num_tasks) < self.p).astype(np.float64)
             s = w.sum()
             if s > 0:
                 return w / s
+        from scipy.stats import binom
+
+        sizes = np.arange(1, self.num_tasks + 1)
+        logp = binom.logpmf(sizes, self.num_tasks, self.p)
+        prob = np.exp(logp - logp.max())
+        k = int(rng.choice(sizes, p=prob / prob.sum()))
+        w = np.zeros(self.num_tasks)
+        w[rng.choice(self.num_tasks, size=k, replace=False)] = 1.0 / k
+        return w
 
     def params(self) -> dict:
         return {"p": self.p}
