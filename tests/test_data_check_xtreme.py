@@ -1,6 +1,5 @@
 """`litmus check-data` for the XTREME problems: files found and parsed by the real readers, no model needed."""
 
-import csv
 
 from study.cli import main
 
@@ -39,16 +38,8 @@ def test_udpos_xtreme_layout(tmp_path, capsys):
 
 
 # -- the layouts researchers have: XTREME's folder (unlabelled test files) + the release / UD CoNLL-U --
-def _csv_tsv(path, rows):
-    """XTREME's utils_preprocess.py: csv.writer with a tab delimiter (CRLF line ends), no header."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f, delimiter="\t").writerows(rows)
-
-
-def _release_tsv(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("id\tsentence1\tsentence2\tlabel\n" + "".join(f"{i}\t{a}\t{b}\t{y}\n" for i, a, b, y in rows))
+from tests.test_problems_xtreme_files import csv_tsv as _csv_tsv  # noqa: E402  (XTREME's csv.writer files)
+from tests.test_problems_xtreme_files import release_tsv as _release_tsv  # noqa: E402  (the release's files)
 
 
 def write_xtreme_pawsx(root, release_tests=True):
