@@ -22,8 +22,13 @@ DEFAULT_STORAGE = "litmus_results"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from study.errors import LitmusError
     from study.spec import load_spec
 
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise LitmusError(f"--num-cpus must be >= 1 (CPUs of the local Ray), got {args.num_cpus}")
+    if args.retry_errored and not args.resume:
+        raise LitmusError("--retry-errored restarts the errored trials of an existing study: use it with --resume")
     spec = load_spec(args.spec, name=args.name)
     from study.driver import check_study_folder, run_study
 
@@ -39,6 +44,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     meta = run_study(spec, args.storage, address=args.address, resume=args.resume,
                      retry_errored=args.retry_errored, verbose=args.verbose, num_cpus=args.num_cpus,
                      dashboard=args.dashboard)
+    if meta.get("status") == "interrupted":
+        print(f"study {spec.name!r} interrupted: {meta.get('ended_trials', 0)} of {n} trials ended, results so far "
+              f"in {args.storage}/{spec.name}/results; continue with: litmus run {args.spec} --storage "
+              f"{args.storage} --name {spec.name} --resume", file=sys.stderr)
+        return 130
     print(f"study {spec.name!r} {meta.get('status')}: results in {args.storage}/{spec.name}/results "
           f"({meta.get('errored_trials', 0)} errored); next: litmus analyze {args.storage}/{spec.name}")
     return 0

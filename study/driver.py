@@ -368,6 +368,10 @@ def check_study_folder(spec: StudySpec, storage: str, *, resume: bool) -> dict |
                           f"{meta.get('spec_hash')} != {spec.spec_hash}); use --name NEW for a new study")
     if not resume:
         state = meta.get("status", "unknown")
+        if state == "finished":
+            raise LitmusError(f"study {spec.name!r} already exists in {storage} (finished); pass --name NEW to "
+                              f"start another (or --resume --retry-errored to rerun its errored trials); results "
+                              f"are never overwritten")
         raise LitmusError(f"study {spec.name!r} already exists in {storage} ({state}); pass --resume to "
                           f"continue it or --name NEW to start another; results are never overwritten")
     return meta
@@ -447,8 +451,8 @@ def checkpoints_to_keep(spec: StudySpec) -> int:
     return 1
 
 
-def finished_trials(uri: str) -> int:
-    """Trials of a study that already ended (for the progress count on --resume)."""
+def trial_statuses(uri: str) -> list[str]:
+    """The status of every trial with a status row (running, completed, diverged, errored, early_stopped)."""
     import pyarrow.dataset as pads
 
     from analysis.schema import TRIALS_DIR
@@ -457,12 +461,17 @@ def finished_trials(uri: str) -> int:
     fs, root = resolve_fs(uri)
     path = join(root, TRIALS_DIR)
     if not exists(fs, path):
-        return 0
+        return []
     try:
         status = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=["status"]).column("status")
-    except Exception:  # noqa: BLE001 - a count for display only
-        return 0
-    return sum(1 for s in status.to_pylist() if s != "running")
+    except Exception:  # noqa: BLE001 - a count for display and the study's status only
+        return []
+    return [str(s) for s in status.to_pylist()]
+
+
+def finished_trials(uri: str) -> int:
+    """Trials of a study that already ended (for the progress count on --resume)."""
+    return sum(1 for s in trial_statuses(uri) if s != "running")
 
 
 def planned_trials(spec: StudySpec) -> int:
@@ -538,7 +547,14 @@ def run_study(spec: StudySpec, storage: str, *, address: str | None = None, resu
         tuner = tune.Tuner(trainer, run_config=run_config, **tuner_arguments(spec, configs))
     t0 = time.time()
     grid = tuner.fit()
-    errors = sum(1 for r in grid if r.error is not None)
-    meta.update({"status": "finished", "errored_trials": errors, "wall_time_s": round(time.time() - t0, 1)})
+    # The status rows, not the ResultGrid, say how the study ended: Tune returns from fit() after Ctrl-C
+    # too (trials still running or never started), and a trial refused inside the trainable ends "errored"
+    # in its status row without a Tune error.
+    statuses = trial_statuses(uri)
+    ended = sum(1 for s in statuses if s != "running")
+    errors = max(sum(1 for s in statuses if s == "errored"), sum(1 for r in grid if r.error is not None))
+    status = "finished" if ended >= planned_trials(spec) else "interrupted"
+    meta.update({"status": status, "errored_trials": errors, "ended_trials": ended,
+                 "wall_time_s": round(time.time() - t0, 1)})
     write_study(uri, meta)
     return meta

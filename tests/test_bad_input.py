@@ -275,3 +275,30 @@ def test_analyze_a_study_with_a_truncated_part_says_how_to_repair(tmp_path, caps
     assert err.endswith("a part file cut short is rebuilt from the study's journal by `litmus run SPEC --storage ... "
                         "--resume`")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--num-cpus", "0"], "litmus: error: --num-cpus must be >= 1 (CPUs of the local Ray), got 0"),
+    (["--retry-errored"], "litmus: error: --retry-errored restarts the errored trials of an existing study: "
+                          "use it with --resume"),
+])
+def test_bad_run_options_one_line_nothing_started(args, expected, tmp_path, capsys, no_ray):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(GOOD)
+    assert main(["run", str(spec), "--storage", str(tmp_path / "store"), *args]) == 2
+    assert capsys.readouterr().err.strip() == expected
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_finished_study_is_not_offered_resume(tmp_path, capsys, no_ray):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(GOOD)
+    study = tmp_path / "store" / "s"
+    study.mkdir(parents=True)
+    from study.spec import load_spec
+
+    h = load_spec(spec).spec_hash
+    for state, hint in (("finished", "pass --name NEW to start another"), ("interrupted", "pass --resume to continue it")):
+        (study / "study.json").write_text(f'{{"name": "s", "spec_hash": "{h}", "status": "{state}"}}')
+        assert main(["run", str(spec), "--storage", str(tmp_path / "store")]) == 2
+        assert hint in capsys.readouterr().err

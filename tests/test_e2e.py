@@ -81,3 +81,29 @@ def test_storage_given_as_a_uri_goes_through_pyarrow_filesystems(ray_session, tm
     assert f"already finished in {uri}; nothing to do" in capsys.readouterr().out
     assert main(["analyze", f"{uri}/uri", "--out", str(tmp_path / "report")]) == 0
     assert "| EW |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_study_whose_fit_returns_early_is_interrupted_not_finished(ray_session, tmp_path, capsys, monkeypatch):
+    """Tune's fit() returns after Ctrl-C with trials unfinished: the study must stay resumable."""
+    import json
+
+    from study import driver
+    from study.cli import main
+
+    class StoppedTuner:  # fit() returns as after SIGINT, before any trial ran
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def fit(self):
+            return []
+
+    monkeypatch.setattr(driver.tune, "Tuner", StoppedTuner)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nproblem: {name: multidigits, n_train: 64, n_val: 32, n_test: 32}\n"
+                    "methods: [ew, rlw]\nseeds: [0]\ntrain: {epochs: 1}\n")
+    store = tmp_path / "store"
+    assert main(["run", str(spec), "--storage", str(store)]) == 130
+    err = capsys.readouterr().err
+    assert "study 's' interrupted: 0 of 2 trials ended" in err and "--resume" in err
+    meta = json.loads((store / "s" / "study.json").read_text())
+    assert meta["status"] == "interrupted" and meta["ended_trials"] == 0
