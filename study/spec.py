@@ -161,6 +161,14 @@ def _number(section: dict, key: str, full: str, *, kind=float, low=None, low_inc
     v = section[key]
     if v is None and allow_none:
         return
+    if isinstance(v, str) and kind is float:
+        try:
+            float(v)
+        except ValueError:
+            pass
+        else:  # PyYAML (YAML 1.1) reads 1e-3 as a string: a float needs a dot, as in 1.0e-3
+            raise SpecError(full, f"YAML reads {v} as a string, not a number; write it with a decimal point, "
+                                  f"e.g. {v.lower().replace('e', '.0e', 1) if '.' not in v else v}")
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
         raise SpecError(full, f"expected {'an integer' if kind is int else 'a number'}, got {v!r}")
     if low is not None and (v < low or (v == low and not low_inclusive)):
@@ -282,6 +290,15 @@ def parse_spec(raw: dict, *, default_name: str = "study", check_data: bool = Tru
     if "reuse_actors" in run and not isinstance(run["reuse_actors"], bool):
         raise SpecError("run.reuse_actors", f"expected true or false, got {run['reuse_actors']!r}")
 
+    for i, t in [(None, train), *enumerate(method_train)]:
+        device = str(t.get("device", "auto"))
+        key = "train.device" if i is None else f"methods[{i}].train.device"
+        for prob in problem_objs:
+            if device.startswith("cuda") and not {**prob.resources, **resources}.get("gpu", 0):
+                raise SpecError(key, f"{device} needs a GPU for each trial, but resources.gpu is 0 for problem "
+                                     f"{prob.name!r}: set resources.gpu (e.g. 1, or 0.5 to share a GPU) or "
+                                     f"device: auto")
+
     spec = StudySpec(
         name=name, description=description, problems=problems, architectures=archs, methods=methods,
         seeds=seeds, train=dict(train), resources=dict(resources), run=dict(run), raw=copy.deepcopy(raw),
@@ -315,9 +332,13 @@ def check_train(train: Any, key: str = "train") -> None:
         raise SpecError(f"{key}.optimizer", f"unknown optimizer {train['optimizer']!r}; valid: adam, adamw, sgd")
     if "device" in train and not (train["device"] in ("auto", "cpu") or str(train["device"]).startswith("cuda")):
         raise SpecError(f"{key}.device", f"expected auto, cpu or cuda[:N], got {train['device']!r}")
-    for flag in ("amp", "channels_last"):
-        if flag in train and train[flag] not in (True, False, None, "bf16", "fp16"):
-            raise SpecError(f"{key}.{flag}", f"expected true/false, got {train[flag]!r}")
+    if train.get("amp") == "fp16":
+        raise SpecError(f"{key}.amp", "fp16 autocast needs loss scaling, which would change the losses and "
+                                      "gradients that weighting methods see; use amp: bf16")
+    if "amp" in train and train["amp"] not in (True, False, None, "bf16"):
+        raise SpecError(f"{key}.amp", f"expected true, false or bf16, got {train['amp']!r}")
+    if "channels_last" in train and train["channels_last"] not in (True, False, None):
+        raise SpecError(f"{key}.channels_last", f"expected true/false, got {train['channels_last']!r}")
     sched = train.get("scheduler")
     if sched is not None:
         if not isinstance(sched, dict) or str(sched.get("name", "step")).lower() not in ("step", "cosine"):

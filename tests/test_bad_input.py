@@ -45,6 +45,14 @@ CASES = [
      "seeds[0]: seeds are non-negative integers, got 'a'"),
     ("zero epochs", GOOD.replace("epochs: 1", "epochs: 0"), "train.epochs: must be >= 1, got 0"),
     ("epochs wrong type", GOOD.replace("epochs: 1", "epochs: ten"), "train.epochs: expected an integer, got 'ten'"),
+    ("lr written as YAML reads a string", GOOD.replace("epochs: 1", "epochs: 1, lr: 1e-3"),
+     "train.lr: YAML reads 1e-3 as a string, not a number; write it with a decimal point, e.g. 1.0e-3"),
+    ("fp16 autocast", GOOD.replace("epochs: 1", "epochs: 1, amp: fp16"),
+     "train.amp: fp16 autocast needs loss scaling, which would change the losses and gradients that "
+     "weighting methods see; use amp: bf16"),
+    ("cuda without a GPU per trial", GOOD.replace("epochs: 1", "epochs: 1, device: cuda"),
+     "train.device: cuda needs a GPU for each trial, but resources.gpu is 0 for problem 'multidigits': set "
+     "resources.gpu (e.g. 1, or 0.5 to share a GPU) or device: auto"),
     ("negative lr", GOOD.replace("epochs: 1", "epochs: 1, lr: -0.1"), "train.lr: must be > 0, got -0.1"),
     ("unknown train key", GOOD.replace("epochs: 1", "epoch: 1"),
      "train.epoch: unknown training setting; valid: "),
