@@ -388,7 +388,7 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
         ray.init(address=address, **kwargs)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
-                 dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **kwargs)
+                 dashboard_host="127.0.0.1", **kwargs)
 
 
 class ProblemResources:
