@@ -67,10 +67,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
             raise LitmusError(f"no method labelled {args.method!r} in {args.spec}; valid: "
                               f"{', '.join(m['label'] for m in spec.methods)}")
+    from study.errors import LitmusError
+
+    if args.seed < 0:
+        raise LitmusError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.epochs is not None and args.epochs < 1:
+        raise LitmusError(f"--epochs must be >= 1, got {args.epochs}")
     config = next((c for c in configs if c["seed"] == args.seed), configs[0])
     config = {**config, "seed": args.seed}
     if args.epochs:
         config["train"] = {**config["train"], "epochs": args.epochs}
+    # as many threads as the trial gets under Ray (which sets OMP_NUM_THREADS to its CPUs), so the
+    # floating-point reductions, and so the numbers, are those of the same trial in `litmus run`
+    import torch
+
+    torch.set_num_threads(max(1, int(spec.trial_resources(config["problem"]).get("cpu", 1))))
     print(f"training {config['problem']} / {config['architecture']} / {config['method']['label']} "
           f"seed={config['seed']} for {config['train']['epochs']} epochs (no Ray)")
 

@@ -310,3 +310,33 @@ def test_a_finished_study_is_not_offered_resume(tmp_path, capsys, no_ray):
         (study / "study.json").write_text(f'{{"name": "s", "spec_hash": "{h}", "status": "{state}"}}')
         assert main(["run", str(spec), "--storage", str(tmp_path / "store")]) == 2
         assert hint in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--seed", "-1"], "litmus: error: --seed must be a non-negative integer, got -1"),
+    (["--epochs", "0"], "litmus: error: --epochs must be >= 1, got 0"),
+])
+def test_bad_train_options_one_line(args, expected, tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(GOOD)
+    assert main(["train", str(spec), *args]) == 2
+    assert capsys.readouterr().err.strip() == expected
+
+
+def test_litmus_train_uses_the_trials_thread_count(tmp_path, monkeypatch):
+    """Ray gives a trial OMP_NUM_THREADS = its CPUs; `litmus train` matches it, so the numbers agree."""
+    import torch
+
+    from study import training
+
+    seen = {}
+    monkeypatch.setattr(training, "train_trial", lambda cfg, rep: seen.update(threads=torch.get_num_threads(),
+                                                                              epochs=cfg["train"]["epochs"]))
+    before = torch.get_num_threads()
+    try:
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(GOOD + "resources: {cpu: 1}\n")
+        assert main(["train", str(spec), "--epochs", "3"]) == 0
+        assert seen == {"threads": 1, "epochs": 3}
+    finally:
+        torch.set_num_threads(before)
