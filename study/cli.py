@@ -94,17 +94,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def params_of(cls, skip=("self", "num_tasks"), required: bool = False) -> str:
+    """``name=default`` of a class's constructor parameters (and the required ones by name)."""
+    import inspect
+
+    sig = inspect.signature(cls.__init__)
+    ps = [n if p.default is p.empty else f"{n}={p.default!r}" for n, p in sig.parameters.items()
+          if n not in skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+          and (required or p.default is not p.empty)]
+    return ", ".join(ps)
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     import inspect
 
     from study.weighting import AGGREGATORS, WEIGHTINGS
     from study.weighting.distributions import DISTRIBUTIONS
-
-    def params_of(cls, skip=("self", "num_tasks")) -> str:
-        sig = inspect.signature(cls.__init__)
-        ps = [f"{n}={p.default!r}" for n, p in sig.parameters.items()
-              if n not in skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.default is not p.empty]
-        return ", ".join(ps)
 
     def first_line(cls) -> str:
         return summary(inspect.getdoc(cls))
@@ -163,6 +168,11 @@ def _cmd_problems(args: argparse.Namespace) -> int:
         print(f"  {name:<12} {doc}")
         if tasks:
             print(f"  {'':<12}   {kind}; tasks: {tasks}")
+        if params_of(cls, skip=("self",), required=True):
+            print(f"  {'':<12}   params: {params_of(cls, skip=('self',), required=True)}")
+        if getattr(cls, "defaults", None):
+            print(f"  {'':<12}   train defaults: {', '.join(f'{k}={v!r}' for k, v in cls.defaults.items())}")
+        print(f"  {'':<12}   resources per trial: {', '.join(f'{k}={v}' for k, v in cls.resources.items())}")
     return 0
 
 

@@ -173,3 +173,15 @@ def test_docs_say_how_to_keep_the_dashboard_private_and_cluster_yaml_uses_roles(
     assert "## Keep the dashboard private" in guide and "ray dashboard cluster.yaml" in guide
     cluster = (REPO / "cluster.yaml").read_text()
     assert "--dashboard-host=127.0.0.1" in cluster and "instance profile" in cluster
+
+
+def test_litmus_problems_lists_parameters_train_defaults_and_resources(capsys):
+    from study.cli import main
+    from study.problems import PROBLEMS
+
+    assert main(["problems"]) == 0
+    out = capsys.readouterr().out
+    cls = PROBLEMS.get("office31")
+    assert "params: root=None" in out and f"lr={cls.defaults['lr']!r}" in out
+    assert f"resources per trial: {', '.join(f'{k}={v}' for k, v in cls.resources.items())}" in out
+    assert out.count("resources per trial:") == len(PROBLEMS.names())
