@@ -103,6 +103,8 @@ def build(a: Analysis) -> list[Block]:
         ov = a.overall.set_index("method") if len(a.overall) else pd.DataFrame()
         grid["overall"] = [ov["verdict"].get(m, "–") if "verdict" in ov else "–" for m in grid.index]
         grid = grid.fillna("–")
+        # each cell reads as a sentence: "better than RLW", "indistinguishable from RLW", "worse than RLW"
+        grid = grid.map(lambda v: f"{v} {ref}" if v in ("better than", "worse than", "indistinguishable from") else v)
         table = grid.reset_index().rename(columns={"method": "method"})
         b.append(Block("table", table=table))
         b.append(Block("p", (f"Per problem: {o.test} test of each method's Δm against {ref}'s over matched seeds, "
@@ -117,8 +119,9 @@ def build(a: Analysis) -> list[Block]:
         if split != "val":
             b.append(Block("note", f"Epochs of {problem} were selected on TEST data (no validation split)."))
         b.append(Block("table", table=paper_table(a, problem, dm_label)))
-        b.append(Block("p", (f"Mean ± std over seeds at each trial's selected epoch. {UP}/{DOWN}: significantly "
-                             f"better/worse than {ref} (paired {o.test}, Holm across methods, alpha = {o.alpha:g}). "
+        markers = (f"{UP}/{DOWN}: significantly better/worse than {ref} (paired {o.test}, Holm across methods, "
+                   f"alpha = {o.alpha:g}). " if ref else "No litmus reference in the results: no significance markers. ")
+        b.append(Block("p", (f"Mean ± std over seeds at each trial's selected epoch. {markers}"
                              f"{conv}. Δm reference here: {a.delta_reference.get(problem)}. "
                              "Rank: mean rank over the test metrics (1 = best).")))
         b.append(Block("table", table=test_table(a, problem)))
@@ -303,7 +306,7 @@ def overall_table(a: Analysis, dm_label: str) -> pd.DataFrame:
             "better/indist./worse": ("–" if m == a.reference or not np.isfinite(r.get("problems_better", math.nan))
                                      else f"{int(r['problems_better'])}/{int(r['problems_indistinguishable'])}/"
                                           f"{int(r['problems_worse'])}"),
-            f"p vs {a.reference} (Holm)": "–" if m == a.reference else fmt_p(r.get("p_holm", math.nan)),
+            f"p vs {a.reference or 'reference'} (Holm)": "–" if m == a.reference else fmt_p(r.get("p_holm", math.nan)),
             "P(improve)": fmt(r.get("prob_improvement", math.nan)),
             "verdict": r.get("verdict", "–") if isinstance(r.get("verdict", None), str) else "–",
         })

@@ -52,6 +52,9 @@ def test_markdown_states_convention_limits_and_verdicts(demo_report):
     assert "cannot reach alpha" in md                                       # 3 seeds
     assert "Only one problem" in md                                         # no Friedman across problems
     assert "Litmus verdict" in md and "indistinguishable from" in md
+    verdict = md.split("## Litmus verdict", 1)[1].split("\n\n", 2)[1]      # the verdict table
+    cells = [c.strip() for row in verdict.splitlines()[2:] for c in row.strip("|").split("|")[1:]]
+    assert cells and all(c in ("reference", "–") or c.endswith(" RLW") for c in cells), cells
     assert "| EW |" in md and "RLW (ref)" in md
     assert re.search(r"\d\.\d{4} ± \d\.\d{4}", md)                          # mean ± std of accuracies
     assert "GPU-hours" in md and "median s/epoch" in md
@@ -231,3 +234,13 @@ def test_undefined_results_are_shown_as_undefined(tmp_path):
     assert cells[4] == "undefined" and cells[5] == "undefined"            # p, p (Holm)
     assert cells[8] == "undefined" and cells[10] == "undefined"           # effect label, verdict
     assert "large" not in row and "better than" not in row
+
+
+def test_report_without_the_litmus_reference_names_no_none(tmp_path):
+    study = write_study(tmp_path, "demo", methods=DEMO_METHODS, seeds=3, epochs=2, method_params=DEMO_PARAMS)
+    out = tmp_path / "out"
+    keep = ["UW", "EW"]  # no random weighting at all: no litmus reference
+    args = [study, "--out", str(out), "--bootstrap", "200"] + [x for m in keep for x in ("--method", m)]
+    assert cli.run(parse(args)) == 0
+    md = (out / "report.md").read_text()
+    assert "None" not in md and "no significance markers" in md
