@@ -122,6 +122,12 @@ def _cmd_methods(args: argparse.Namespace) -> int:
             print(f"  {name:<16} {first_line(cls)}")
             if params_of(cls):
                 print(f"  {'':<16}   params: {params_of(cls)}")
+    from study.weighting.method import PRESETS
+
+    print("\nPresets (a name that stands for a combination):")
+    for name, preset in PRESETS.items():
+        parts = [f"{k}: {preset[k]}" for k in ("weighting", "aggregator") if k in preset]
+        print(f"  {name:<16} {preset.get('label', name)} = {', '.join(parts)}")
     print("\nDistributions for rlw/rgw (distribution: NAME):")
     for name in DISTRIBUTIONS.names():
         cls = DISTRIBUTIONS.get(name)

@@ -185,3 +185,13 @@ def test_litmus_problems_lists_parameters_train_defaults_and_resources(capsys):
     assert "params: root=None" in out and f"lr={cls.defaults['lr']!r}" in out
     assert f"resources per trial: {', '.join(f'{k}={v}' for k, v in cls.resources.items())}" in out
     assert out.count("resources per trial:") == len(PROBLEMS.names())
+
+
+def test_litmus_methods_lists_the_presets(capsys):
+    from study.cli import main
+    from study.weighting.method import PRESETS
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "MGDA-UB = aggregator: {'name': 'mgda', 'level': 'representation'}" in out
+    assert all(f"\n  {name:<16} " in out for name in PRESETS)
