@@ -33,7 +33,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from study.driver import check_study_folder, run_study
 
     check_study_folder(spec, args.storage, resume=args.resume)
-    from study.driver import planned_trials
+    from study.driver import check_address, planned_trials
+
+    if args.address:
+        check_address(args.address)
 
     n = planned_trials(spec)
     tuned = f", {spec.tune['num_samples']} tuned samples per cell" if spec.tune else ""

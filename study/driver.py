@@ -377,6 +377,22 @@ def check_study_folder(spec: StudySpec, storage: str, *, resume: bool) -> dict |
     return meta
 
 
+def check_address(address: str, timeout: float = 10.0) -> None:
+    """Fail in one line, within ``timeout`` seconds, when ``--address HOST:PORT`` (or ``ray://HOST:PORT``)
+    does not accept connections; Ray itself retries such an address for minutes. ``auto`` is left to Ray."""
+    import socket
+
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise LitmusError(f"cannot reach a Ray cluster at --address {address} ({exc.strerror or exc}); start one "
+                          f"there (`ray start --head`), or leave --address out for a local Ray") from None
+
+
 def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool = False) -> None:
     import ray
 
@@ -385,6 +401,7 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
                               "configure_logging": True}
     if address:
+        check_address(address)
         ray.init(address=address, **kwargs)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,

@@ -287,6 +287,9 @@ def test_analyze_a_study_with_a_truncated_part_says_how_to_repair(tmp_path, caps
 
 @pytest.mark.parametrize("args, expected", [
     (["--num-cpus", "0"], "litmus: error: --num-cpus must be >= 1 (CPUs of the local Ray), got 0"),
+    (["--address", "127.0.0.1:1"], "litmus: error: cannot reach a Ray cluster at --address 127.0.0.1:1 "
+                                   "(Connection refused); start one there (`ray start --head`), or leave "
+                                   "--address out for a local Ray"),
     (["--retry-errored"], "litmus: error: --retry-errored restarts the errored trials of an existing study: "
                           "use it with --resume"),
 ])
