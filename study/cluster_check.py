@@ -561,7 +561,7 @@ def check_cluster(path: str, *, cwd: str | None = None) -> list[str]:
     lines = _credential_problems(path, config)
     schema_lines = _schema_problems(config)
     if schema_lines:  # later checks read the structure the schema guarantees
-        return lines + schema_lines
+        return list(dict.fromkeys(lines + schema_lines))  # a problem once, even if the schema finds it twice
     lines += _domain_problems(config, path, cwd or os.getcwd())
     if not lines:
         lines += _ray_problems(config)

@@ -340,3 +340,9 @@ def test_cli_check_cluster_errors_exit_2(tmp_path, capsys, monkeypatch):
     # schema problems come first and alone: the domain checks need a well-formed config
     assert captured.err.splitlines() == [
         "litmus: error: available_node_types.gpu_spot.min_worker: unknown key; did you mean 'min_workers'?"]
+
+
+def test_a_study_spec_given_as_cluster_config_says_each_problem_once():
+    lines = check_cluster(str(REPO / "search_spaces" / "demo.yaml"))
+    assert lines[:2] == ["cluster_name: missing; Ray requires it here", "provider: missing; Ray requires it here"]
+    assert len(lines) == len(set(lines)) and "methods: unknown key; not a Ray cluster setting" in lines
