@@ -17,6 +17,7 @@ def test_local_ray_listens_on_localhost_without_dashboard(monkeypatch):
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(driver, "check_address", lambda address: None)  # no cluster to reach here
     driver.init_ray(None, num_cpus=2)
     kw = calls[-1]
     assert kw["address"] == "local" and kw["include_dashboard"] is False
