@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -75,7 +76,7 @@ def _box_axes(ax, trials: pd.DataFrame, problem: str, methods: Sequence[str], re
     ax.axhline(0.0, color="grey", lw=0.8, ls="--")
     ax.set_xticks(range(1, len(ms) + 1), [_short(m) + (" (ref)" if m == reference else "") for m in ms],
                   rotation=20, ha="right")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(textwrap.fill(ylabel, 32))  # the convention tag makes it long: two lines, not cut
     ax.set_title(f"{problem}: Δm per seed (◇ = mean)")
     ax.grid(axis="y", alpha=0.3)
 
