@@ -59,23 +59,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from study.spec import load_spec
-    from study.training import train_trial
-
-    spec = load_spec(args.spec)
-    configs = spec.trial_configs()
-    if args.method:
-        configs = [c for c in configs if c["method"]["label"].lower() == args.method.lower()]
-        if not configs:
-            from study.errors import LitmusError
-
-            raise LitmusError(f"no method labelled {args.method!r} in {args.spec}; valid: "
-                              f"{', '.join(m['label'] for m in spec.methods)}")
     from study.errors import LitmusError
+    from study.training import train_trial
 
     if args.seed < 0:
         raise LitmusError(f"--seed must be a non-negative integer, got {args.seed}")
     if args.epochs is not None and args.epochs < 1:
         raise LitmusError(f"--epochs must be >= 1, got {args.epochs}")
+    spec = load_spec(args.spec)
+    configs = spec.trial_configs()
+    if args.method:
+        configs = [c for c in configs if c["method"]["label"].lower() == args.method.lower()]
+        if not configs:
+            raise LitmusError(f"no method labelled {args.method!r} in {args.spec}; valid: "
+                              f"{', '.join(m['label'] for m in spec.methods)}")
     config = next((c for c in configs if c["seed"] == args.seed), configs[0])
     config = {**config, "seed": args.seed}
     if args.epochs:

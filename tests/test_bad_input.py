@@ -241,15 +241,21 @@ def test_missing_spec_file(tmp_path, capsys, no_ray):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_existing_study_is_refused_and_kept(tmp_path, capsys, no_ray):
+def existing_study(tmp_path, status: str):
+    """GOOD's spec file and a study folder of the same spec, marked ``status``."""
+    from study.spec import load_spec
+
     spec = tmp_path / "spec.yaml"
     spec.write_text(GOOD)
     study = tmp_path / "store" / "s"
-    study.mkdir(parents=True)
-    from study.spec import load_spec
-
+    study.mkdir(parents=True, exist_ok=True)
     h = load_spec(spec).spec_hash
-    (study / "study.json").write_text(f'{{"name": "s", "spec_hash": "{h}", "status": "finished"}}')
+    (study / "study.json").write_text(f'{{"name": "s", "spec_hash": "{h}", "status": "{status}"}}')
+    return spec, study
+
+
+def test_existing_study_is_refused_and_kept(tmp_path, capsys, no_ray):
+    spec, study = existing_study(tmp_path, "finished")
     (study / "keep.txt").write_text("results")
     assert main(["run", str(spec), "--storage", str(tmp_path / "store")]) == 2
     err = capsys.readouterr().err
@@ -302,15 +308,8 @@ def test_bad_run_options_one_line_nothing_started(args, expected, tmp_path, caps
 
 
 def test_a_finished_study_is_not_offered_resume(tmp_path, capsys, no_ray):
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(GOOD)
-    study = tmp_path / "store" / "s"
-    study.mkdir(parents=True)
-    from study.spec import load_spec
-
-    h = load_spec(spec).spec_hash
     for state, hint in (("finished", "pass --name NEW to start another"), ("interrupted", "pass --resume to continue it")):
-        (study / "study.json").write_text(f'{{"name": "s", "spec_hash": "{h}", "status": "{state}"}}')
+        spec, _ = existing_study(tmp_path, state)
         assert main(["run", str(spec), "--storage", str(tmp_path / "store")]) == 2
         assert hint in capsys.readouterr().err
 
